@@ -1,0 +1,74 @@
+"""A converted model → the files that ship: canonical model.json, shards and their brotli copies."""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import brotli
+
+from bundler import limits, weights
+from bundler.convert import Converted
+from bundler.errors import PlanError
+from bundler.manifest import Quantize
+
+MODEL_JSON = "model.json"
+BROTLI_SUFFIX = ".br"
+
+
+def canonical_json(doc: Any) -> bytes:
+    """JSON with sorted keys and no spaces, so equal models give equal bytes.
+
+    The tfjs converter writes graph-node attributes in a varying order. The signature keeps
+    its order: tfjs takes a graph model's inputs and outputs in that order.
+    """
+
+    def sort(node: Any, keep: bool) -> Any:
+        if isinstance(node, dict):
+            items = node.items() if keep else sorted(node.items())
+            return {k: sort(v, keep or k == "signature") for k, v in items}
+        if isinstance(node, list):
+            return [sort(v, keep) for v in node]
+        return node
+
+    return json.dumps(sort(doc, False), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def compress(blobs: list[bytes], quality: int) -> list[bytes]:
+    """Brotli every blob, in parallel threads (brotli releases the GIL)."""
+    if len(blobs) <= 1:
+        return [brotli.compress(b, quality=quality) for b in blobs]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return list(pool.map(lambda b: brotli.compress(b, quality=quality), blobs))
+
+
+def build_files(
+    converted: Converted, quantize: Quantize, cap: int, brotli_quality: int
+) -> tuple[dict[str, bytes], weights.Packed]:
+    """Quantize and shard so that every shard's brotli form is at most `cap` bytes.
+
+    Weights barely compress, so shards are first cut at `cap` and cut smaller only when
+    brotli's few bytes of framing push one over.
+    """
+    shard_bytes = cap
+    while True:
+        packed = weights.pack(converted.groups, quantize.dtype_map, shard_bytes)
+        compressed = compress([data for _, data in packed.shards], brotli_quality)
+        largest = max((len(c) for c in compressed), default=0)
+        if largest <= cap:
+            break
+        shard_bytes = min(shard_bytes - 1024, shard_bytes * cap // largest - 1024)
+        if shard_bytes < 1024:
+            raise PlanError(f"no shard size fits a brotli budget of {cap} bytes")
+    doc = {**converted.model_json, "weightsManifest": packed.manifest}
+    model_json = canonical_json(doc)
+    files = {
+        MODEL_JSON: model_json,
+        MODEL_JSON + BROTLI_SUFFIX: brotli.compress(model_json, quality=limits.TEXT_BROTLI_QUALITY),
+    }
+    for (name, data), br in zip(packed.shards, compressed, strict=True):
+        files[name] = data
+        files[name + BROTLI_SUFFIX] = br
+    return files, packed

@@ -1,0 +1,194 @@
+"""Fingerprints of what produces a model's artifacts, and the folder that keeps them.
+
+A fingerprint hashes the source's bytes, the options that shape the output and the versions
+of the tools that write it; it never looks at output mtimes. An entry that fails its own
+checks is a miss, so a damaged cache means a rebuild, never a failed build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bundler import __version__, sources
+from bundler.manifest import ModelConfig
+
+log = logging.getLogger(__name__)
+
+ENTRY_FILE = "entry.json"
+VERIFY_FILE = "verify.npz"
+_TOOLS = ("tensorflow", "tensorflowjs", "keras", "tf-keras")
+_CHUNK = 1 << 20
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the converting tools, read from package metadata (no import)."""
+    found = {}
+    for name in _TOOLS:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def source_files(model: ModelConfig) -> list[Path]:
+    """Every file whose bytes make up the model's source."""
+    path = model.input.path
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    if model.input.kind in (sources.TFJS_GRAPH, sources.TFJS_LAYERS):
+        files = [path]
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            for group in doc.get("weightsManifest", []):
+                files += [path.parent / p for p in group.get("paths", [])]
+        except (OSError, ValueError, AttributeError):
+            pass  # conversion reports the problem with its own words
+        return files
+    return [path]
+
+
+def fingerprint(model: ModelConfig, options: Mapping[str, Any]) -> str:
+    """The hex digest of everything that decides this model's artifacts."""
+    h = hashlib.sha256()
+    head = {
+        "bundler": __version__,
+        "tools": tool_versions(),
+        "kind": model.input.kind,
+        "format": model.format,
+        "quantize": [[d, list(p)] for d, p in model.quantize.dtype_map],
+        "options": dict(options),
+    }
+    h.update(json.dumps(head, sort_keys=True).encode())
+    root = model.input.path if model.input.path.is_dir() else model.input.path.parent
+    for file in source_files(model):
+        h.update(b"\0file\0" + str(file.relative_to(root)).encode() + b"\0")
+        try:
+            with file.open("rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+        except FileNotFoundError:
+            h.update(b"\0missing\0")
+    return h.hexdigest()
+
+
+def source_bytes(model: ModelConfig) -> int:
+    """Bytes of the model's source files."""
+    return sum(f.stat().st_size for f in source_files(model) if f.exists())
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A cached model: its files, its facts, and the verification data."""
+
+    folder: Path
+    meta: dict[str, Any]
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Artifact file name → sha256, model.json first, then by name."""
+        files: dict[str, str] = self.meta["files"]
+        return dict(sorted(files.items(), key=lambda item: (item[0] != "model.json", item[0])))
+
+    def read(self, name: str) -> bytes:
+        """The bytes of one artifact file."""
+        return (self.folder / name).read_bytes()
+
+    def verify_data(
+        self,
+    ) -> tuple[list[tuple[str, np.ndarray[Any, Any]]], list[np.ndarray[Any, Any]]]:
+        """The verification inputs (by name) and the reference outputs (may be empty)."""
+        with np.load(self.folder / VERIFY_FILE, allow_pickle=False) as data:
+            names = self.meta["verify_inputs"]
+            inputs = [(n, data[f"input{i}"]) for i, n in enumerate(names)]
+            outputs = [data[f"output{i}"] for i in range(self.meta["verify_outputs"])]
+        return inputs, outputs
+
+    def with_errors(self, errors: Mapping[str, float]) -> Entry:
+        """Record verification results (tfjs version → max abs error) in the entry."""
+        meta = {**self.meta, "errors": {**self.meta.get("errors", {}), **errors}}
+        _write_json(self.folder / ENTRY_FILE, meta)
+        return Entry(self.folder, meta)
+
+
+class Cache:
+    """The cache folder: `<cache_dir>/models/<fingerprint>/`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def folder(self, key: str) -> Path:
+        """Where the entry for a fingerprint lives."""
+        return self.root / "models" / key
+
+    def get(self, key: str) -> Entry | None:
+        """The entry for a fingerprint, or None if absent or damaged (then it is removed)."""
+        folder = self.folder(key)
+        if not folder.is_dir():
+            return None
+        try:
+            meta = json.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))
+            for name, digest in meta["files"].items():
+                if _sha256((folder / name).read_bytes()) != digest:
+                    raise ValueError(f"{name} does not match its hash")
+            if not (folder / VERIFY_FILE).is_file():
+                raise ValueError(f"{VERIFY_FILE} is missing")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            log.warning("cache entry %s is damaged (%s); converting again", folder, err)
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        return Entry(folder, meta)
+
+    def put(
+        self,
+        key: str,
+        files: Mapping[str, bytes],
+        meta: Mapping[str, Any],
+        verify_inputs: list[tuple[str, np.ndarray[Any, Any]]],
+        reference: list[np.ndarray[Any, Any]],
+    ) -> Entry:
+        """Store an entry whole: written beside its place, then renamed into it."""
+        final = self.folder(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=final.parent))
+        try:
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
+            arrays = {f"input{i}": a for i, (_, a) in enumerate(verify_inputs)}
+            arrays.update({f"output{i}": a for i, a in enumerate(reference)})
+            np.savez(tmp / VERIFY_FILE, **arrays)
+            full = {
+                **meta,
+                "files": {name: _sha256(data) for name, data in files.items()},
+                "verify_inputs": [n for n, _ in verify_inputs],
+                "verify_outputs": len(reference),
+            }
+            _write_json(tmp / ENTRY_FILE, full)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Entry(final, full)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,367 @@
+"""Source model → TensorFlow.js topology and float weights, plus reference predictions.
+
+The only module that imports TensorFlow, and only when a model must really be converted.
+Conversion goes through the tensorflowjs Python API in this process, unquantized and in one
+shard; quantizing and sharding happen afterwards in `weights`, the same way for every input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bundler import sources, weights
+from bundler.errors import ModelError
+from bundler.manifest import ModelConfig
+
+log = logging.getLogger(__name__)
+
+# One shard for the intermediate files: the real cut happens in `weights.pack`.
+_ONE_SHARD = 1 << 40
+VERIFY_BATCH = 2
+VERIFY_SEED = 20261122
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A model in TensorFlow.js form, before quantization and sharding."""
+
+    model_json: dict[str, Any]  # everything but weightsManifest
+    groups: list[list[weights.Weight]]
+    inputs: tuple[tuple[str, np.ndarray[Any, Any]], ...]  # verification inputs, by tfjs name
+    reference: tuple[np.ndarray[Any, Any], ...] | None  # what TensorFlow predicts for them
+
+
+def convert(model: ModelConfig, verify: bool) -> Converted:
+    """Convert one model; with `verify`, also run the source model on sample inputs."""
+    kind = model.input.kind
+    if (kind == sources.TFJS_LAYERS and model.format == "layers") or kind == sources.TFJS_GRAPH:
+        # Already TensorFlow.js in the wanted format: only re-quantize and re-shard.
+        doc, groups = read_tfjs(model.input.path)
+        return Converted(doc, groups, _sample_inputs(doc), None)
+    with tempfile.TemporaryDirectory(prefix="bundler-convert-") as tmp:
+        out = Path(tmp) / "tfjs"
+        with _quiet_tensorflow():
+            keras_model = _convert_with_tensorflow(model, out, Path(tmp))
+            doc, groups = read_tfjs(out / "model.json")
+            inputs = _sample_inputs(doc)
+            reference = _predict(model, keras_model, doc, inputs) if verify else None
+    return Converted(doc, groups, inputs, reference)
+
+
+def read_tfjs(model_json: Path) -> tuple[dict[str, Any], list[list[weights.Weight]]]:
+    """Read a TensorFlow.js model.json and its shards, weights dequantized."""
+    try:
+        doc = json.loads(model_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{model_json}: cannot be read as JSON ({err})") from None
+    kind = sources.tfjs_kind(doc)
+    if kind is None:
+        raise ModelError(f"{model_json}: not a TensorFlow.js model.json")
+    groups = weights.read_groups(model_json, doc.pop("weightsManifest"))
+    doc["format"] = "graph-model" if kind == sources.TFJS_GRAPH else "layers-model"
+    return doc, groups
+
+
+# --- conversion -----------------------------------------------------------------------------
+
+
+def _convert_with_tensorflow(model: ModelConfig, out: Path, tmp: Path) -> Any:
+    """Write tfjs artifacts for `model` into `out`; return the loaded source model, if any."""
+    kind = model.input.kind
+    src = model.input.path
+    try:
+        if kind == sources.SAVED_MODEL:
+            _saved_model_to_graph(src, out)
+            return None
+        if kind == sources.TFJS_LAYERS:  # and format == "graph"
+            from tensorflowjs.converters import keras_tfjs_loader
+
+            loaded = keras_tfjs_loader.load_keras_model(str(src))
+            _tf_keras_to_graph(loaded, out)
+            return loaded
+        if _is_keras3(model.input):
+            import keras
+
+            loaded = keras.models.load_model(src, compile=False)
+            if model.format == "graph":
+                exported = tmp / "saved_model"
+                with contextlib.redirect_stdout(io.StringIO()):
+                    loaded.export(str(exported))
+                _saved_model_to_graph(exported, out)
+            else:
+                _keras3_to_layers(loaded, out)
+            return loaded
+        import tf_keras
+
+        loaded = tf_keras.models.load_model(src, compile=False)
+        if model.format == "graph":
+            _tf_keras_to_graph(loaded, out)
+        else:
+            from tensorflowjs.converters import keras_h5_conversion
+
+            keras_h5_conversion.save_keras_model(
+                loaded, str(out), weight_shard_size_bytes=_ONE_SHARD
+            )
+        return loaded
+    except ModelError:
+        raise
+    except Exception as err:  # TensorFlow raises many kinds; the user needs the first line
+        raise ModelError(
+            f"model {model.name!r}: TensorFlow could not convert {src}: {_first_line(err)}"
+        ) from err
+
+
+def _is_keras3(source: sources.Source) -> bool:
+    if source.kind == sources.KERAS_V3:
+        return True
+    return source.keras_version is not None and source.keras_version.startswith("3.")
+
+
+def _saved_model_to_graph(saved_model: Path, out: Path) -> None:
+    import tensorflow as tf
+    from tensorflowjs.converters import tf_saved_model_conversion_v2 as tfsm
+
+    loaded = tf.saved_model.load(str(saved_model))
+    signatures = list(loaded.signatures.keys())
+    if "serving_default" not in signatures:
+        found = ", ".join(signatures) if signatures else "none"
+        raise ModelError(
+            f"{saved_model}: the SavedModel has no serving_default signature (signatures: "
+            f"{found}); save it with tf.saved_model.save(model, path, signatures=...) or "
+            "keras model.export(path)"
+        )
+    tfsm.convert_tf_saved_model(
+        str(saved_model),
+        str(out),
+        signature_def="serving_default",
+        saved_model_tags="serve",
+        weight_shard_size_bytes=_ONE_SHARD,
+    )
+
+
+def _tf_keras_to_graph(keras_model: Any, out: Path) -> None:
+    # In memory: no temporary SavedModel written and read back (the converter's CLI does that).
+    from tensorflowjs.converters import tf_saved_model_conversion_v2 as tfsm
+
+    tfsm.convert_keras_model_to_graph_model(
+        keras_model, str(out), weight_shard_size_bytes=_ONE_SHARD
+    )
+
+
+def _keras3_to_layers(keras_model: Any, out: Path) -> None:
+    """Write a Keras 3 model as a tfjs LayersModel.
+
+    tensorflowjs 4.22 copies Keras 3 configs as they are, and no tfjs runtime reads them
+    (`batch_shape`, dtype policies) nor the weight names of `.keras` files. Keras 3's config
+    is mapped back to the Keras 2 schema that tfjs-layers reads, and weights are named
+    `<layer>/<weight>` as tfjs-layers expects.
+    """
+    config = _keras2_config(json.loads(keras_model.to_json()))
+    groups: list[weights.Weight] = []
+    for layer in keras_model.layers:
+        for variable in layer.weights:
+            short = variable.path.split("/")[-1]
+            groups.append(weights.Weight(f"{layer.name}/{short}", np.asarray(variable.numpy())))
+    import keras
+
+    doc = {
+        "format": "layers-model",
+        "generatedBy": f"keras v{keras.__version__}",
+        "convertedBy": "model-bundler",
+        "modelTopology": {
+            "keras_version": "tfjs-layers 3.0.0",
+            "backend": "tensorflow",
+            "model_config": config,
+        },
+    }
+    packed = weights.pack([groups], (), _ONE_SHARD)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in packed.shards:
+        (out / name).write_bytes(data)
+    (out / "model.json").write_text(json.dumps({**doc, "weightsManifest": packed.manifest}))
+
+
+def _keras2_config(node: Any) -> Any:
+    """Map a Keras 3 model config to the Keras 2 schema that tfjs-layers reads."""
+    if isinstance(node, list):
+        return [_keras2_config(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and "config" in node:
+        return node["config"].get("name", "float32")
+    result = {}
+    for key, value in node.items():
+        if key in ("module", "registered_name", "build_config", "compile_config"):
+            continue
+        if key == "batch_shape":
+            key = "batch_input_shape"
+        if key in ("optional", "quantization_config") and value in (None, False):
+            continue
+        result[key] = _keras2_config(value)
+    if result.get("class_name") == "Functional":
+        result["class_name"] = "Model"
+    for key in ("input_layers", "output_layers"):
+        # Keras 3 writes a single input as ["name", 0, 0]; Keras 2 always as a list of them.
+        ends = result.get(key)
+        if isinstance(ends, list) and ends and isinstance(ends[0], str):
+            result[key] = [ends]
+    inbound = result.get("inbound_nodes")
+    if isinstance(inbound, list):
+        result["inbound_nodes"] = [_keras2_inbound(n) for n in inbound]
+    return result
+
+
+def _keras2_inbound(node: Any) -> Any:
+    # Keras 3: {"args": [{"class_name": "__keras_tensor__", "config": {"keras_history":
+    # [layer, node, tensor]}}], "kwargs": {}}; Keras 2: [[layer, node, tensor, kwargs], ...].
+    if not isinstance(node, dict) or "args" not in node:
+        return node
+    result = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+            layer, index, tensor = value["config"]["keras_history"]
+            result.append([layer, index, tensor, {}])
+        elif isinstance(value, list):
+            for v in value:
+                collect(v)
+
+    collect(node["args"])
+    return result
+
+
+# --- verification inputs and the reference --------------------------------------------------
+
+
+def _sample_inputs(doc: dict[str, Any]) -> tuple[tuple[str, np.ndarray[Any, Any]], ...]:
+    """Deterministic inputs for every model input, named as tfjs names them."""
+    rng = np.random.default_rng(VERIFY_SEED)
+    result = []
+    for name, shape, dtype in input_specs(doc):
+        concrete = [VERIFY_BATCH if d is None or d < 0 else d for d in shape]
+        if dtype == "int32":
+            array = rng.integers(0, 10, size=concrete).astype(np.int32)
+        else:
+            # Uniform in [0, 1): the range most image and feature inputs are scaled to.
+            array = rng.random(size=concrete, dtype=np.float32)
+        result.append((name, array))
+    return tuple(result)
+
+
+def input_specs(doc: dict[str, Any]) -> list[tuple[str, list[int | None], str]]:
+    """(name, shape, dtype) of each input of a tfjs model.json, in the runtime's order."""
+    topology = doc.get("modelTopology", {})
+    specs: list[tuple[str, list[int | None], str]] = []
+    if doc.get("format") == "graph-model":
+        for key, spec in (doc.get("signature") or {}).get("inputs", {}).items():
+            dims = [int(d.get("size", -1)) for d in spec.get("tensorShape", {}).get("dim", [])]
+            dtype = "int32" if spec.get("dtype") in ("DT_INT32", "DT_INT64") else "float32"
+            specs.append((str(spec.get("name", key)).split(":")[0], list(dims), dtype))
+        if not specs:
+            for node in topology.get("node", []):
+                if node.get("op") == "Placeholder":
+                    shape = node.get("attr", {}).get("shape", {}).get("shape", {})
+                    dims = [int(d.get("size", -1)) for d in shape.get("dim", [])]
+                    specs.append((node["name"], list(dims), "float32"))
+        return specs
+    config = topology.get("model_config", topology)
+    layers = config.get("config", {}).get("layers", [])
+    if config.get("class_name") == "Sequential":
+        first = layers[0]["config"] if layers else {}
+        shape = first.get("batch_input_shape") or [None, *first.get("input_shape", [])]
+        specs.append((first.get("name", "input"), shape, _dtype(first.get("dtype"))))
+        return specs
+    by_name = {layer["config"]["name"]: layer["config"] for layer in layers}
+    for entry in config.get("config", {}).get("input_layers", []):
+        layer = by_name.get(entry[0], {})
+        specs.append((entry[0], layer.get("batch_input_shape", [None]), _dtype(layer.get("dtype"))))
+    return specs
+
+
+def _dtype(value: Any) -> str:
+    return "int32" if value in ("int32", "int64") else "float32"
+
+
+def _predict(
+    model: ModelConfig,
+    keras_model: Any,
+    doc: dict[str, Any],
+    inputs: tuple[tuple[str, np.ndarray[Any, Any]], ...],
+) -> tuple[np.ndarray[Any, Any], ...]:
+    """Run the source model in TensorFlow on the verification inputs."""
+    import tensorflow as tf
+
+    arrays = [a for _, a in inputs]
+    try:
+        if keras_model is not None:
+            outputs = keras_model(arrays[0] if len(arrays) == 1 else arrays, training=False)
+        else:
+            fn = tf.saved_model.load(str(model.input.path)).signatures["serving_default"]
+            _, spec = fn.structured_input_signature
+            keys = list(spec.keys())
+            feed = {
+                k: tf.constant(a, dtype=spec[k].dtype) for k, a in zip(keys, arrays, strict=True)
+            }
+            outputs = fn(**feed)
+    except Exception as err:
+        raise ModelError(
+            f"model {model.name!r}: TensorFlow could not run the source model on sample inputs "
+            f"of shapes {[list(a.shape) for a in arrays]}: {_first_line(err)}"
+        ) from err
+    if isinstance(outputs, dict):
+        # The graph model's outputs come in the order of its signature, keyed alike.
+        order = list((doc.get("signature") or {}).get("outputs", {})) or list(outputs)
+        outputs = [outputs[k] for k in order if k in outputs]
+    elif not isinstance(outputs, list | tuple):
+        outputs = [outputs]
+    return tuple(np.asarray(o, dtype=np.float32) for o in outputs)
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow() -> Iterator[None]:
+    """Keep TensorFlow's prints and C++ logs out of the user's terminal (-v logs them).
+
+    TensorFlow's C++ side writes to file descriptor 2 directly, whatever TF_CPP_MIN_LOG_LEVEL
+    says for some of its parts, so the descriptors themselves are pointed at a file.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # tensorflow_decision_forests (imported by tensorflowjs) otherwise tries IPython for a
+    # welcome banner, which fails when stdout is not a terminal.
+    os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")
+    with tempfile.TemporaryFile() as sink:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            sink.seek(0)
+            printed = sink.read().decode("utf-8", "replace").strip()
+            if printed:
+                log.debug("tensorflow printed:\n%s", printed)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:400]

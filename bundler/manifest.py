@@ -1,0 +1,553 @@
+"""bundle.toml → a frozen, validated Config; every problem reported at once, by dotted path."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bundler import limits, sources
+from bundler.errors import ManifestError
+
+DEFAULT_MANIFEST = "bundle.toml"
+
+TARGETS = ("wechat", "web")
+FORMATS = ("graph", "layers")
+QUANTIZE_DTYPES = ("float16", "uint16", "uint8")
+QUANTIZE_CHOICES = ("none", *QUANTIZE_DTYPES)
+DELIVERIES = ("auto", "package", "remote")
+WECHAT_CACHES = ("file", "storage")
+WEB_CACHES = ("indexeddb", "none")
+
+# Safe as a folder name, a WeChat subpackage root and a JS string: no `/`, `..`, quotes.
+MODEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+VERSION = re.compile(r"^\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$")
+APPID = re.compile(r"^(touristappid|wx[0-9a-f]{16})$")
+
+
+@dataclass(frozen=True)
+class Quantize:
+    """How a model's weights are quantized: `dtype_map` maps a dtype to weight-name patterns."""
+
+    label: str | dict[str, list[str]]  # as the manifest said it, for the report
+    dtype_map: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @property
+    def is_none(self) -> bool:
+        """True when no weight is quantized."""
+        return not self.dtype_map
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One `[[models]]` entry."""
+
+    name: str
+    source: Path
+    input: sources.Source
+    format: str
+    quantize: Quantize
+    delivery: str
+    preload: tuple[str, ...]
+    verify: bool
+    shard_bytes: int | None
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """The `[project]` table."""
+
+    name: str
+    out: Path
+    targets: tuple[str, ...]
+    cache_dir: Path
+    verify: bool
+    brotli_quality: int
+    shard_bytes: int | None
+
+
+@dataclass(frozen=True)
+class WechatConfig:
+    """The `[wechat]` table."""
+
+    appid: str = "touristappid"
+    plugin_version: str = limits.DEFAULT_TFJS_PLUGIN_VERSION
+    tfjs_version: str = limits.DEFAULT_WECHAT_TFJS_VERSION
+    remote_base_url: str | None = None
+    cache: str = "file"
+    limits: limits.WechatLimits = field(default_factory=limits.WechatLimits)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The `[web]` table."""
+
+    cache: str = "indexeddb"
+    tfjs_version: str = limits.DEFAULT_WEB_TFJS_VERSION
+    tfjs_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole manifest, validated, with every path absolute."""
+
+    path: Path
+    project: ProjectConfig
+    wechat: WechatConfig
+    web: WebConfig
+    models: tuple[ModelConfig, ...]
+
+    @property
+    def root(self) -> Path:
+        """The folder the manifest's relative paths are resolved against."""
+        return self.path.parent
+
+    def shard_cap(self, model: ModelConfig) -> int:
+        """The largest shard (after brotli) that every target of this build can carry."""
+        caps = [c for c in (model.shard_bytes, self.project.shard_bytes) if c is not None]
+        if "wechat" in self.project.targets:
+            caps.append(self.wechat.limits.shard_budget_bytes)
+        if "web" in self.project.targets:
+            caps.append(limits.WEB_SHARD_BUDGET_BYTES)
+        return min(caps)
+
+    def tfjs_versions(self) -> tuple[str, ...]:
+        """The tfjs runtimes that load this build's models, one per distinct version."""
+        versions = []
+        if "wechat" in self.project.targets:
+            versions.append(self.wechat.tfjs_version)
+        if "web" in self.project.targets:
+            versions.append(self.web.tfjs_version)
+        return tuple(dict.fromkeys(versions))
+
+
+def load(path: Path | str | None = None) -> Config:
+    """Read and validate a manifest; raise ManifestError listing every problem."""
+    manifest = Path(path if path is not None else DEFAULT_MANIFEST)
+    if manifest.is_dir():
+        manifest = manifest / DEFAULT_MANIFEST
+    manifest = manifest.absolute()
+    shown = display_path(manifest)
+    try:
+        text = manifest.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ManifestError(
+            f"{shown}: no such file. Run `bundler init` to create a starter manifest."
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{shown}: cannot be read ({err})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ManifestError(f"{shown}: not valid TOML: {err}") from None
+    v = _Validator(manifest.parent)
+    config = v.config(manifest, data)
+    if v.problems:
+        count = len(v.problems)
+        noun = "problem" if count == 1 else "problems"
+        raise ManifestError(f"{shown} has {count} {noun}:", problems=tuple(v.problems))
+    assert config is not None
+    return config
+
+
+def display_path(path: Path) -> str:
+    """A path as the user would type it: relative to the working folder when inside it."""
+    try:
+        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+    except ValueError:
+        return str(path)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _kind(value: object) -> str:
+    names = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array"}
+    if isinstance(value, dict):
+        return "table"
+    return names.get(type(value), type(value).__name__)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{...}"
+    return repr(value)
+
+
+def _choices(options: tuple[str, ...]) -> str:
+    quoted = [f'"{o}"' for o in options]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+class _Validator:
+    """Collects problems while reading the manifest's tables into typed configs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.problems: list[str] = []
+
+    def problem(self, where: str, text: str) -> None:
+        self.problems.append(f"{where}: {text}")
+
+    # Tables and keys
+
+    def table(self, data: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:
+        for key in data:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                hint = f'did you mean "{close[0]}"?' if close else "allowed: " + ", ".join(allowed)
+                self.problem(_join(where, key), f"unknown key ({hint})")
+
+    def sub(self, data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            self.problem(
+                _join(where, key), f"expected a table, got {_show(value)} ({_kind(value)})"
+            )
+            return {}
+        return value
+
+    def get(
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        where: str,
+        kind: type,
+        default: Any = _MISSING,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        path = _join(where, key)
+        if key not in data:
+            if default is _MISSING:
+                self.problem(path, "required")
+                return None
+            return default
+        value = data[key]
+        # TOML booleans are not integers here, whatever Python says.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            expected = {str: "a string", int: "an integer", bool: "true or false", list: "an array"}
+            self.problem(path, f"expected {expected[kind]}, got {_show(value)} ({_kind(value)})")
+            return None if default is _MISSING else default
+        if check is not None:
+            message = check(value)
+            if message is not None:
+                self.problem(path, message)
+                return None if default is _MISSING else default
+        return value
+
+    def choice(
+        self, data: Mapping[str, Any], key: str, where: str, options: tuple[str, ...], default: str
+    ) -> str:
+        def check(value: str) -> str | None:
+            if value in options:
+                return None
+            close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            return f"{_show(value)} is not allowed; expected {_choices(options)}{hint}"
+
+        result: str = self.get(data, key, where, str, default, check)
+        return result
+
+    # The manifest's parts
+
+    def config(self, path: Path, data: Mapping[str, Any]) -> Config | None:
+        self.table(data, "", ("project", "wechat", "web", "models"))
+        project = self.project(self.sub(data, "project", ""))
+        wechat = self.wechat(self.sub(data, "wechat", ""), project.targets)
+        web = self.web(self.sub(data, "web", ""))
+        models = self.models(data.get("models", _MISSING))
+        if self.problems:
+            return None
+        return Config(path=path, project=project, wechat=wechat, web=web, models=models)
+
+    def project(self, data: Mapping[str, Any]) -> ProjectConfig:
+        w = "project"
+        self.table(
+            data,
+            w,
+            ("name", "out", "targets", "cache_dir", "verify", "brotli_quality", "shard_bytes"),
+        )
+        name = self.get(data, "name", w, str, self.root.name or "bundle")
+        out = self.get(data, "out", w, str, "dist", _relative_folder)
+        cache_dir = self.get(data, "cache_dir", w, str, ".bundler-cache", _relative_folder)
+        targets_raw = self.get(data, "targets", w, list, list(TARGETS))
+        targets: list[str] = []
+        for i, t in enumerate(targets_raw):
+            where = f"{w}.targets[{i}]"
+            if not isinstance(t, str) or t not in TARGETS:
+                close = difflib.get_close_matches(t, TARGETS, n=1) if isinstance(t, str) else []
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                self.problem(
+                    where, f"{_show(t)} is not a target; expected {_choices(TARGETS)}{hint}"
+                )
+            elif t in targets:
+                self.problem(where, f"{_show(t)} is listed twice")
+            else:
+                targets.append(t)
+        if isinstance(targets_raw, list) and not targets_raw:
+            self.problem(f"{w}.targets", f"no target; expected one or both of {_choices(TARGETS)}")
+        return ProjectConfig(
+            name=name,
+            out=self.root / out,
+            targets=tuple(targets),
+            cache_dir=self.root / cache_dir,
+            verify=self.get(data, "verify", w, bool, True),
+            brotli_quality=self.get(
+                data, "brotli_quality", w, int, limits.DEFAULT_SHARD_BROTLI_QUALITY, _brotli_quality
+            ),
+            shard_bytes=self.get(data, "shard_bytes", w, int, None, _shard_bytes),
+        )
+
+    def wechat(self, data: Mapping[str, Any], targets: tuple[str, ...]) -> WechatConfig:
+        w = "wechat"
+        self.table(
+            data,
+            w,
+            ("appid", "plugin_version", "tfjs_version", "remote_base_url", "cache", "limits"),
+        )
+        base = WechatConfig()
+        remote = self.get(data, "remote_base_url", w, str, None, _https_url)
+        if remote is not None and not remote.endswith("/"):
+            remote += "/"
+        return WechatConfig(
+            appid=self.get(data, "appid", w, str, base.appid, _appid),
+            plugin_version=self.get(data, "plugin_version", w, str, base.plugin_version, _version),
+            tfjs_version=self.get(data, "tfjs_version", w, str, base.tfjs_version, _version),
+            remote_base_url=remote,
+            cache=self.choice(data, "cache", w, WECHAT_CACHES, base.cache),
+            limits=self.wechat_limits(self.sub(data, "limits", w)),
+        )
+
+    def wechat_limits(self, data: Mapping[str, Any]) -> limits.WechatLimits:
+        w = "wechat.limits"
+        self.table(data, w, limits.WECHAT_LIMIT_FIELDS)
+        values = {
+            key: self.get(data, key, w, int, None, _positive)
+            for key in limits.WECHAT_LIMIT_FIELDS
+            if key in data
+        }
+        chosen = {k: v for k, v in values.items() if v is not None}
+        result = dataclasses.replace(limits.WechatLimits(), **chosen)
+        if result.shard_budget_bytes <= 0:
+            self.problem(
+                f"{w}.subpackage_reserve_bytes",
+                f"{result.subpackage_reserve_bytes} leaves no room for weights in a subpackage "
+                f"of {result.subpackage_bytes} bytes",
+            )
+        return result
+
+    def web(self, data: Mapping[str, Any]) -> WebConfig:
+        w = "web"
+        self.table(data, w, ("cache", "tfjs_version", "tfjs_url"))
+        base = WebConfig()
+        return WebConfig(
+            cache=self.choice(data, "cache", w, WEB_CACHES, base.cache),
+            tfjs_version=self.get(data, "tfjs_version", w, str, base.tfjs_version, _version),
+            tfjs_url=self.get(data, "tfjs_url", w, str, None, _http_url),
+        )
+
+    def models(self, raw: object) -> tuple[ModelConfig, ...]:
+        if raw is _MISSING:
+            self.problem("models", "required: add at least one [[models]] table")
+            return ()
+        if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
+            self.problem("models", f"expected an array of tables ([[models]]), got {_kind(raw)}")
+            return ()
+        if not raw:
+            self.problem("models", "empty: add at least one [[models]] table")
+        result = []
+        seen: dict[str, int] = {}
+        for i, data in enumerate(raw):
+            model = self.model(data, f"models[{i}]")
+            if model is None:
+                continue
+            first = seen.setdefault(model.name.lower(), i)
+            if first != i:
+                self.problem(
+                    f"models[{i}].name",
+                    f"{_show(model.name)} is already the name of models[{first}]; "
+                    "model names must be unique (ignoring case)",
+                )
+            result.append(model)
+        return tuple(result)
+
+    def model(self, data: Mapping[str, Any], w: str) -> ModelConfig | None:
+        self.table(
+            data,
+            w,
+            (
+                "name",
+                "source",
+                "format",
+                "quantize",
+                "delivery",
+                "preload",
+                "verify",
+                "shard_bytes",
+            ),
+        )
+        before = len(self.problems)
+        name = self.get(data, "name", w, str, check=_model_name)
+        source_text = self.get(data, "source", w, str, check=_non_empty)
+        fmt = self.choice(data, "format", w, FORMATS, "graph")
+        quantize = self.quantize(data.get("quantize", "none"), f"{w}.quantize")
+        delivery = self.choice(data, "delivery", w, DELIVERIES, "auto")
+        preload = self.get(data, "preload", w, list, [])
+        for j, page in enumerate(preload):
+            if not isinstance(page, str) or not page or page.startswith(("/", ".")):
+                self.problem(
+                    f"{w}.preload[{j}]",
+                    f'expected a page path such as "pages/index/index", got {_show(page)}',
+                )
+        verify = self.get(data, "verify", w, bool, True)
+        shard_bytes = self.get(data, "shard_bytes", w, int, None, _shard_bytes)
+        source_input = None
+        if source_text is not None:
+            source = (self.root / source_text).absolute()
+            try:
+                source_input = sources.detect(source)
+            except sources.SourceProblem as err:
+                self.problem(f"{w}.source", f"{_show(source_text)}: {err} ({source})")
+            else:
+                if fmt == "layers" and source_input.kind == sources.TFJS_GRAPH:
+                    self.problem(
+                        f"{w}.format",
+                        f'"layers" cannot be made from a TensorFlow.js graph model '
+                        f'({_show(source_text)}); use format = "graph"',
+                    )
+        if len(self.problems) > before:
+            return None
+        assert source_input is not None
+        return ModelConfig(
+            name=name,
+            source=source_input.path,
+            input=source_input,
+            format=fmt,
+            quantize=quantize,
+            delivery=delivery,
+            preload=tuple(preload),
+            verify=verify,
+            shard_bytes=shard_bytes,
+        )
+
+    def quantize(self, raw: object, w: str) -> Quantize:
+        if isinstance(raw, str):
+            if raw == "none":
+                return Quantize("none")
+            if raw in QUANTIZE_DTYPES:
+                return Quantize(raw, ((raw, ("*",)),))
+            close = difflib.get_close_matches(raw, QUANTIZE_CHOICES, n=1, cutoff=0.6)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            self.problem(
+                w,
+                f"{_show(raw)} is not allowed; expected {_choices(QUANTIZE_CHOICES)}"
+                f" or a table of weight-name patterns per dtype{hint}",
+            )
+            return Quantize("none")
+        if not isinstance(raw, dict):
+            self.problem(w, f"expected a string or a table, got {_show(raw)} ({_kind(raw)})")
+            return Quantize("none")
+        self.table(raw, w, QUANTIZE_DTYPES)
+        entries = []
+        label: dict[str, list[str]] = {}
+        for dtype in QUANTIZE_DTYPES:
+            if dtype not in raw:
+                continue
+            patterns = raw[dtype]
+            if isinstance(patterns, str):
+                patterns = [patterns]
+            if (
+                not isinstance(patterns, list)
+                or not patterns
+                or not all(isinstance(p, str) and p for p in patterns)
+            ):
+                self.problem(
+                    f"{w}.{dtype}",
+                    f'expected an array of weight-name patterns such as ["dense*"], '
+                    f"got {_show(raw[dtype])}",
+                )
+                continue
+            entries.append((dtype, tuple(patterns)))
+            label[dtype] = list(patterns)
+        if not entries and not any(k not in QUANTIZE_DTYPES for k in raw):
+            self.problem(w, f"empty table; name at least one of {_choices(QUANTIZE_DTYPES)}")
+        return Quantize(label, tuple(entries))
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _non_empty(value: str) -> str | None:
+    return "must not be empty" if not value.strip() else None
+
+
+def _relative_folder(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if value.strip() in (".", "./"):
+        return "must be a folder of its own, not the manifest's folder"
+    return None
+
+
+def _model_name(value: str) -> str | None:
+    if MODEL_NAME.match(value):
+        return None
+    return (
+        f"{_show(value)} is not a safe model name; use a letter, then up to 63 letters, "
+        "digits, '-' or '_' (it becomes a folder name and a JavaScript string)"
+    )
+
+
+def _version(value: str) -> str | None:
+    return None if VERSION.match(value) else f'{_show(value)} is not a version like "3.21.0"'
+
+
+def _appid(value: str) -> str | None:
+    if APPID.match(value):
+        return None
+    return f'{_show(value)} is not an appid; expected "wx" and 16 hex digits, or "touristappid"'
+
+
+def _https_url(value: str) -> str | None:
+    if re.match(r"^https://[^/\s]+(/\S*)?$", value):
+        return None
+    return f"{_show(value)} is not an https:// URL (WeChat downloads over HTTPS only)"
+
+
+def _http_url(value: str) -> str | None:
+    if re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        return None
+    return f"{_show(value)} is not an http(s):// URL"
+
+
+def _positive(value: int) -> str | None:
+    return None if value > 0 else f"{value} must be greater than 0"
+
+
+def _brotli_quality(value: int) -> str | None:
+    return None if 0 <= value <= 11 else f"{value} is not a brotli quality; expected 0 to 11"
+
+
+def _shard_bytes(value: int) -> str | None:
+    return None if value >= 1024 else f"{value} is too small; expected at least 1024 bytes"
+
+
+def display_relative(path: Path, root: Path) -> str:
+    """`path` relative to `root` in POSIX form when inside it, else absolute."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()

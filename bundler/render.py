@@ -1,0 +1,29 @@
+"""Jinja2 over templates/: Python passes data, templates hold the text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def environment() -> jinja2.Environment:
+    """The one Jinja2 environment: strict about missing values, JSON-safe `tojson`."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.policies["json.dumps_function"] = json.dumps
+    env.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "sort_keys": True}
+    return env
+
+
+def render(template: str, **data: Any) -> str:
+    """Render one template with `data`."""
+    return environment().get_template(template).render(**data)

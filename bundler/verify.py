@@ -1,0 +1,116 @@
+"""Load the artifacts in the real tfjs runtime and measure them against the source model.
+
+The reference is what TensorFlow predicted for the same inputs during conversion; for a
+TensorFlow.js source (no TensorFlow involved) it is the source model.json itself, run in the
+same runtime. The Node side lives beside this module (`verify_runner.cjs`, `verify_node.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bundler.errors import VerifyError
+from bundler.verify_node import NodeJob, NodeResult, ensure_tfjs, run_in_tfjs
+
+_SOURCE_SUFFIX = "#source"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One model to check: its artifacts, the inputs, and what it should predict."""
+
+    name: str
+    model_json: Path
+    format: str
+    inputs: tuple[tuple[str, np.ndarray[Any, Any]], ...]
+    reference: tuple[np.ndarray[Any, Any], ...] | None  # None: run `source_json` for it
+    source_json: Path | None = None
+
+
+def verify(
+    checks: Sequence[Check], version: str, progress: Callable[[str], None] | None = None
+) -> dict[str, float]:
+    """Run every check in tfjs `version`; return model name → max absolute error.
+
+    Raises VerifyError naming each model that does not load or run, and the op or layer
+    the runtime lacks.
+    """
+    if not checks:
+        return {}
+    ensure_tfjs(version, log=progress)
+    jobs = []
+    for c in checks:
+        jobs.append(NodeJob(c.name, c.model_json, c.format, c.inputs))
+        if c.reference is None:
+            if c.source_json is None:
+                raise ValueError(f"check {c.name!r} has neither a reference nor a source")
+            jobs.append(NodeJob(c.name + _SOURCE_SUFFIX, c.source_json, c.format, c.inputs))
+    results = {r.id: r for r in run_in_tfjs(jobs, version)}
+    errors: dict[str, float] = {}
+    problems = []
+    for c in checks:
+        got = results[c.name]
+        if got.outputs is None:
+            problems.append(_failure(c.name, got, version))
+            continue
+        reference = c.reference
+        if reference is None:
+            source = results[c.name + _SOURCE_SUFFIX]
+            if source.outputs is None:
+                problems.append(_failure(c.name, source, version, what="its source model.json"))
+                continue
+            reference = source.outputs
+        try:
+            errors[c.name] = max_abs_error(got.outputs, reference)
+        except ValueError as err:
+            problems.append(f'model "{c.name}": tfjs {version} {err}')
+    if problems:
+        noun = "model fails" if len(problems) == 1 else "models fail"
+        raise VerifyError(
+            f"{len(problems)} {noun} in the tfjs {version} runtime:", problems=tuple(problems)
+        )
+    return errors
+
+
+def max_abs_error(
+    got: Sequence[np.ndarray[Any, Any]], want: Sequence[np.ndarray[Any, Any]]
+) -> float:
+    """The largest absolute difference over all outputs; ValueError if they do not line up."""
+    if len(got) != len(want):
+        raise ValueError(f"gave {len(got)} outputs where the source model gives {len(want)}")
+    worst = 0.0
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        g = np.asarray(g, dtype=np.float64)
+        w = np.asarray(w, dtype=np.float64)
+        if g.size != w.size:
+            raise ValueError(
+                f"gave output {i} of shape {list(g.shape)} where the source model gives "
+                f"{list(w.shape)}"
+            )
+        g = g.reshape(w.shape)
+        if not np.all(np.isfinite(g) == np.isfinite(w)):
+            return float("inf")
+        finite = np.isfinite(w)
+        if finite.any():
+            worst = max(worst, float(np.max(np.abs(g[finite] - w[finite]))))
+    return worst
+
+
+def _failure(name: str, result: NodeResult, version: str, what: str = "it") -> str:
+    if result.unsupported_op:
+        return (
+            f'model "{name}": tfjs {version} has no op "{result.unsupported_op}", which {what} '
+            "uses; change the model to avoid that op, or use a tfjs_version that has it"
+        )
+    if result.unsupported_layer:
+        return (
+            f'model "{name}": tfjs {version} has no layer "{result.unsupported_layer}", which '
+            f'{what} uses; try format = "graph"'
+        )
+    stage = "load" if result.stage == "load" else "run"
+    return f'model "{name}": {what} does not {stage} in tfjs {version}: {result.error}'
