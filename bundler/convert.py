@@ -251,6 +251,7 @@ def _sample_inputs(doc: dict[str, Any]) -> tuple[tuple[str, np.ndarray[Any, Any]
     result = []
     for name, shape, dtype in input_specs(doc):
         concrete = [VERIFY_BATCH if d is None or d < 0 else d for d in shape]
+        array: np.ndarray[Any, Any]
         if dtype == "int32":
             array = rng.integers(0, 10, size=concrete).astype(np.int32)
         else:
