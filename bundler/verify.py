@@ -113,4 +113,12 @@ def _failure(name: str, result: NodeResult, version: str, what: str = "it") -> s
             f'{what} uses; try format = "graph"'
         )
     stage = "load" if result.stage == "load" else "run"
-    return f'model "{name}": {what} does not {stage} in tfjs {version}: {result.error}'
+    message = f'model "{name}": {what} does not {stage} in tfjs {version}: {result.error}'
+    if "Activation" in (result.error or "") and "not been implemented" in (result.error or ""):
+        # The graph converter fuses a layer's activation into _FusedMatMul/_FusedConv2D, and
+        # tfjs fuses only linear, relu, relu6, elu, prelu, leakyrelu and sigmoid.
+        message += (
+            "; the graph converter fused that activation into a Dense or Conv layer: use "
+            'format = "layers" for this model'
+        )
+    return message

@@ -93,6 +93,28 @@ def _installed_version(tfjs_dir: Path) -> str | None:
     return version if isinstance(version, str) else None
 
 
+def _run(
+    cmd: list[str], cwd: Path | None, timeout: float, timeout_message: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a tool, its output captured as text; ToolError when it cannot start or hangs."""
+    logger.debug("running %s in %s", cmd, cwd or Path.cwd())
+    try:
+        return subprocess.run(
+            cmd,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise ToolError(timeout_message) from err
+    except OSError as err:
+        raise ToolError(f"cannot run {cmd[0]}: {err}") from err
+
+
 def _tail(text: str, lines: int = _STDERR_TAIL_LINES) -> str:
     kept = [line for line in text.strip().splitlines() if line.strip()]
     return "\n".join(kept[-lines:])
@@ -162,25 +184,13 @@ def _install(npm: str, version: str, cache: Path, target: Path) -> None:
             "--loglevel=error",
             f"@tensorflow/tfjs@{version}",
         ]
-        logger.debug("running %s in %s", cmd, staging)
-        try:
-            proc = subprocess.run(
-                cmd,
-                cwd=staging,
-                capture_output=True,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                timeout=INSTALL_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as err:
-            raise ToolError(
-                f"npm did not finish installing @tensorflow/tfjs@{version} "
-                f"within {INSTALL_TIMEOUT_S:.0f} s; check the network or the npm registry"
-            ) from err
-        except OSError as err:
-            raise ToolError(f"cannot run npm ({npm}): {err}") from err
+        proc = _run(
+            cmd,
+            staging,
+            INSTALL_TIMEOUT_S,
+            f"npm did not finish installing @tensorflow/tfjs@{version} "
+            f"within {INSTALL_TIMEOUT_S:.0f} s; check the network or the npm registry",
+        )
         if proc.returncode != 0:
             raise ToolError(
                 f"npm could not install @tensorflow/tfjs@{version} "
@@ -303,24 +313,13 @@ def run_in_tfjs(jobs: Sequence[NodeJob], tfjs_version: str) -> list[NodeResult]:
         work = Path(tmp)
         job_path = _write_job(jobs, tfjs_dir, work)
         cmd = [node, str(RUNNER), str(job_path)]
-        logger.debug("running %s", cmd)
-        try:
-            proc = subprocess.run(
-                cmd,
-                capture_output=True,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                timeout=RUN_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as err:
-            raise ToolError(
-                f"verifying {len(jobs)} model(s) in tfjs {tfjs_version} took longer than "
-                f"{RUN_TIMEOUT_S:.0f} s; Node was stopped"
-            ) from err
-        except OSError as err:
-            raise ToolError(f"cannot run node ({node}): {err}") from err
+        proc = _run(
+            cmd,
+            None,
+            RUN_TIMEOUT_S,
+            f"verifying {len(jobs)} model(s) in tfjs {tfjs_version} took longer than "
+            f"{RUN_TIMEOUT_S:.0f} s; Node was stopped",
+        )
         if proc.stderr:
             logger.debug("tfjs runner stderr:\n%s", proc.stderr)
         if proc.returncode != 0:
