@@ -143,8 +143,8 @@ class Cache:
             for name, digest in meta["files"].items():
                 if _sha256((folder / name).read_bytes()) != digest:
                     raise ValueError(f"{name} does not match its hash")
-            if not (folder / VERIFY_FILE).is_file():
-                raise ValueError(f"{VERIFY_FILE} is missing")
+            if _sha256((folder / VERIFY_FILE).read_bytes()) != meta["verify_sha256"]:
+                raise ValueError(f"{VERIFY_FILE} does not match its hash")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             log.warning("cache entry %s is damaged (%s); converting again", folder, err)
             shutil.rmtree(folder, ignore_errors=True)
@@ -174,6 +174,7 @@ class Cache:
                 "files": {name: _sha256(data) for name, data in files.items()},
                 "verify_inputs": [n for n, _ in verify_inputs],
                 "verify_outputs": len(reference),
+                "verify_sha256": _sha256((tmp / VERIFY_FILE).read_bytes()),
             }
             _write_json(tmp / ENTRY_FILE, full)
             shutil.rmtree(final, ignore_errors=True)

@@ -132,7 +132,7 @@ def load(path: Path | str | None = None) -> Config:
     manifest = Path(path if path is not None else DEFAULT_MANIFEST)
     if manifest.is_dir():
         manifest = manifest / DEFAULT_MANIFEST
-    manifest = manifest.absolute()
+    manifest = Path(os.path.abspath(manifest))
     shown = display_path(manifest)
     try:
         text = manifest.read_bytes().decode("utf-8")
@@ -268,9 +268,24 @@ class _Validator:
         wechat = self.wechat(self.sub(data, "wechat", ""), project.targets)
         web = self.web(self.sub(data, "web", ""))
         models = self.models(data.get("models", _MISSING))
+        self.out_is_safe(project, models)
         if self.problems:
             return None
         return Config(path=path, project=project, wechat=wechat, web=web, models=models)
+
+    def out_is_safe(self, project: ProjectConfig, models: tuple[ModelConfig, ...]) -> None:
+        """`out` is replaced whole on every build: it must hold nothing but the bundle."""
+        out = project.out
+        keep = [("the manifest's folder", self.root), ("cache_dir", project.cache_dir)]
+        keep += [(f"the source of model {m.name!r}", m.source) for m in models]
+        for what, path in keep:
+            if path == out or path.is_relative_to(out):
+                self.problem(
+                    "project.out",
+                    f"{display_path(out)} would hold {what} ({display_path(path)}), and every "
+                    'build replaces out whole; choose a folder of its own, such as "dist"',
+                )
+                return
 
     def project(self, data: Mapping[str, Any]) -> ProjectConfig:
         w = "project"
@@ -300,9 +315,9 @@ class _Validator:
             self.problem(f"{w}.targets", f"no target; expected one or both of {_choices(TARGETS)}")
         return ProjectConfig(
             name=name,
-            out=self.root / out,
+            out=Path(os.path.abspath(self.root / out)),
             targets=tuple(targets),
-            cache_dir=self.root / cache_dir,
+            cache_dir=Path(os.path.abspath(self.root / cache_dir)),
             verify=self.get(data, "verify", w, bool, True),
             brotli_quality=self.get(
                 data, "brotli_quality", w, int, limits.DEFAULT_SHARD_BROTLI_QUALITY, _brotli_quality
@@ -415,7 +430,7 @@ class _Validator:
         shard_bytes = self.get(data, "shard_bytes", w, int, None, _shard_bytes)
         source_input = None
         if source_text is not None:
-            source = (self.root / source_text).absolute()
+            source = Path(os.path.abspath(self.root / source_text))
             try:
                 source_input = sources.detect(source)
             except sources.SourceProblem as err:
@@ -481,7 +496,14 @@ class _Validator:
                 continue
             entries.append((dtype, tuple(patterns)))
             label[dtype] = list(patterns)
-        if not entries and not any(k not in QUANTIZE_DTYPES for k in raw):
+        rest = [dtype for dtype, patterns in entries if "*" in patterns]
+        if len(rest) > 1:
+            self.problem(
+                w,
+                f'"*" is given to {_choices(tuple(rest))}; only one dtype can take '
+                "the weights no other pattern names",
+            )
+        if not raw:
             self.problem(w, f"empty table; name at least one of {_choices(QUANTIZE_DTYPES)}")
         return Quantize(label, tuple(entries))
 

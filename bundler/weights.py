@@ -102,9 +102,9 @@ def decode(data: bytes, specs: Sequence[Any], where: str) -> list[Weight]:
             out.append(Weight(name, array.reshape(shape)))
             continue
         quant = spec.get("quantization")
-        stored = _QUANTIZED.get(quant["dtype"]) if isinstance(quant, dict) else _STORED.get(dtype)
-        if stored is None or dtype not in _STORED:
+        if dtype not in _STORED:
             raise ModelError(f"{where}: weight {name!r} has unsupported dtype {dtype!r}")
+        stored = _STORED[dtype] if quant is None else _quantized_storage(quant, where, name)
         end = offset + count * stored.itemsize
         if end > len(data):
             raise ModelError(
@@ -122,6 +122,20 @@ def decode(data: bytes, specs: Sequence[Any], where: str) -> list[Weight]:
             f"{where}: the weight files hold {len(data)} bytes but the manifest describes {offset}"
         )
     return out
+
+
+def _quantized_storage(quant: Any, where: str, name: str) -> np.dtype[Any]:
+    """The stored dtype of a quantized weight, after checking its quantization entry."""
+    if not isinstance(quant, dict) or quant.get("dtype") not in _QUANTIZED:
+        dtype = quant.get("dtype") if isinstance(quant, dict) else quant
+        raise ModelError(f"{where}: weight {name!r} has unsupported quantization dtype {dtype!r}")
+    if quant["dtype"] != "float16":
+        for key in ("min", "scale"):
+            if not isinstance(quant.get(key), int | float):
+                raise ModelError(
+                    f"{where}: weight {name!r} has a malformed quantization entry (no {key!r})"
+                )
+    return _QUANTIZED[quant["dtype"]]
 
 
 def _dequantize(raw: np.ndarray[Any, Any], quant: dict[str, Any], dtype: str) -> Any:
@@ -144,6 +158,8 @@ def _decode_strings(
             raise ModelError(f"{where}: string weight {name!r} runs past the end of its shards")
         length = int(np.frombuffer(data, _STRING_LENGTH, 1, offset)[0])
         offset += 4
+        if offset + length > len(data):
+            raise ModelError(f"{where}: string weight {name!r} runs past the end of its shards")
         values.append(data[offset : offset + length])
         offset += length
     return np.array(values, dtype=object), offset
@@ -165,6 +181,8 @@ def dtype_for_weights(
     for dtype, patterns in dtype_map:
         for pattern in patterns:
             if pattern == "*":
+                if fallthrough not in (None, dtype):
+                    raise ModelError(f'"*" is given to both {fallthrough} and {dtype}')
                 fallthrough = dtype
                 continue
             for name in fnmatch.filter(names, pattern):
@@ -231,7 +249,7 @@ def pack(
                 entry["dtype"] = dtype
                 data = w.array
                 # Only float32 tensors are quantized, as in tensorflowjs.
-                if w.name in chosen and dtype == "float32":
+                if w.name in chosen and dtype == "float32" and w.array.size:
                     data, info = quantize(w.array, chosen[w.name])
                     entry["quantization"] = {**info, "original_dtype": dtype}
                 chunks.append(
