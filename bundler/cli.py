@@ -45,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _build(args, err)
         if args.command == "init":
             return _init(args, err)
+        if args.command == "watch":
+            return _watch(args, err)
     except BundlerError as e:
         if args.verbose:
             err.print_exception()
@@ -94,6 +96,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Write a starter bundle.toml and a tiny model, so `bundler build` works.",
     )
     init.add_argument("dir", nargs="?", default=".", help="the folder (default: .)")
+    watch = sub.add_parser(
+        "watch",
+        parents=[common],
+        help="build, then rebuild on every change",
+        description="Build, then rebuild on every change to the manifest, a model source or a "
+        "template. A failed rebuild keeps the last good bundle and says why. Ctrl-C stops.",
+    )
+    watch.add_argument(
+        "manifest", nargs="?", default="bundle.toml", help="the manifest (default: ./bundle.toml)"
+    )
     return parser
 
 
@@ -168,6 +180,127 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
         out.print(f"wrote {where} in {result.seconds:.1f}s")
     else:
         out.print(f"{where} is up to date ({result.seconds:.1f}s, nothing written)")
+
+
+def _watch(args: argparse.Namespace, err: Console) -> int:
+    import threading
+
+    from bundler import watch
+
+    out = Console(highlight=False)
+    if not out.is_terminal:
+        out = Console(highlight=False, width=120)
+    view = _WatchView(out, err, verbose=args.verbose)
+    try:
+        watch.watch(
+            args.manifest, on_event=view.on_event, stop=threading.Event(), progress=view.progress
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        view.close()
+    err.print("stopped")
+    return EXIT_OK
+
+
+class _WatchView:
+    """What `bundler watch` shows: the change behind each build, its progress and outcome."""
+
+    def __init__(self, out: Console, err: Console, verbose: bool) -> None:
+        self.out = out
+        self.err = err
+        self.verbose = verbose
+        self.status: Any = None
+        self.started = 0.0
+        self.watching: str | None = None  # shown after the build it was found in
+        self.first = True
+        self.last_table: str | None = None
+
+    def on_event(self, event: Any) -> None:
+        from bundler import watch
+
+        if isinstance(event, watch.Started):
+            self.started = time.perf_counter()
+            if event.changed:
+                clock = time.strftime("%H:%M:%S")
+                self.out.print(f"\n[dim]{clock}[/] changed: {_escape(_shown(event.changed))}")
+            self.status = self.err.status("building", spinner="dots")
+            self.status.start()
+        elif isinstance(event, watch.Watching):
+            self.watching = ", ".join(
+                _shown((t.path,)) + ("/" if t.tree else "") for t in event.targets
+            )
+        elif isinstance(event, watch.Built):
+            self.close()
+            self._built(event)
+            self._show_watching()
+        elif isinstance(event, watch.Failed):
+            self.close()
+            self._failed(event)
+            self._show_watching()
+
+    def progress(self, text: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        self.err.print(f"[dim]{elapsed:6.1f}s[/] {_escape(text)}")
+        if self.status is not None:
+            self.status.update(_escape(text))
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def _built(self, event: Any) -> None:
+        result = event.result
+        table = json.dumps([result.report.get("models"), result.report.get("warnings")])
+        if table != self.last_table:  # the table says what was converted, and the time
+            self.last_table = table
+            _print_report(self.out, result, event.config.project.out)
+            return
+        done = [f"converted {', '.join(result.converted)}"] if result.converted else []
+        if result.reused:
+            done.append(f"reused {', '.join(result.reused)}")
+        where = _shown((event.config.project.out,))
+        done.append(f"wrote {where}" if result.written else f"{where} is up to date")
+        summary = "; ".join(done)
+        self.out.print(f"rebuilt in {result.seconds:.1f}s: {_escape(summary)}")
+
+    def _failed(self, event: Any) -> None:
+        import textwrap
+
+        error = event.error
+        if isinstance(error, BundlerError):
+            reason = str(error)
+        else:
+            reason = f"internal error: {type(error).__name__}: {error}"
+            if not self.verbose:
+                reason += "\n(run with -v for the traceback, and please report it)"
+        self.err.print(
+            "[bold red]build failed, keeping the last good bundle:[/]\n"
+            + textwrap.indent(_escape(reason), "  ")
+        )
+        if self.verbose:
+            from rich.traceback import Traceback
+
+            self.err.print(Traceback.from_exception(type(error), error, error.__traceback__))
+
+    def _show_watching(self) -> None:
+        if self.watching is None:
+            return
+        hint = " (Ctrl-C to stop)" if self.first else ""
+        self.out.print(f"watching {_escape(self.watching)}{hint}")
+        self.watching = None
+        self.first = False
+
+
+def _shown(paths: Sequence[Path], most: int = 5) -> str:
+    """Paths as the user types them (relative to the working folder), at most `most`."""
+    from bundler.manifest import display_path
+
+    shown = [display_path(p) for p in paths[:most]]
+    if len(paths) > most:
+        shown.append(f"and {len(paths) - most} more")
+    return ", ".join(shown)
 
 
 def _init(args: argparse.Namespace, err: Console) -> int:
