@@ -15,6 +15,7 @@ from typing import Any
 
 from bundler import __version__, artifacts, cache, emit, manifest
 from bundler.cache import Cache, Entry
+from bundler.errors import ModelError
 from bundler.manifest import Config, ModelConfig
 from bundler.verify import Check, verify
 
@@ -99,7 +100,12 @@ def _artifacts(
     )
     from bundler.convert import convert  # imports nothing heavy itself; TensorFlow loads lazily
 
-    converted = convert(model, verify=True)
+    try:
+        converted = convert(model, verify=True)
+    except ModelError as err:
+        if str(err).startswith(f'model "{model.name}"'):
+            raise
+        raise ModelError(f'model "{model.name}": {err}') from err
     files, packed = artifacts.build_files(converted, model.quantize, cap, quality)
     meta = {
         "hash": key[:HASH_LENGTH],

@@ -30,6 +30,9 @@ ENTRY_FILE = "entry.json"
 VERIFY_FILE = "verify.npz"
 _TOOLS = ("tensorflow", "tensorflowjs", "keras", "tf-keras")
 _CHUNK = 1 << 20
+# Bump when what an entry holds changes (its layout, the verification inputs): old entries
+# then simply miss, instead of being read as damaged or, worse, reused.
+ENTRY_FORMAT = 2
 
 
 def tool_versions() -> dict[str, str]:
@@ -65,6 +68,7 @@ def fingerprint(model: ModelConfig, options: Mapping[str, Any]) -> str:
     h = hashlib.sha256()
     head = {
         "bundler": __version__,
+        "entry_format": ENTRY_FORMAT,
         "tools": tool_versions(),
         "kind": model.input.kind,
         "format": model.format,

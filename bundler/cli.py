@@ -31,10 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `bundler` command; return its exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    err = Console(stderr=True, highlight=False)
+    # soft_wrap: a message is one line however long; the terminal may fold it, we do not.
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -69,8 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    # -v goes before or after the command; the command's copy must not reset the top one.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and logs")
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks and logs",
+    )
     parser = argparse.ArgumentParser(
         prog="bundler",
         description="Ship TensorFlow/Keras models, converted, quantized and sharded, "
@@ -126,11 +135,7 @@ def _build(args: argparse.Namespace, err: Console) -> int:
     if args.json:
         sys.stdout.write(json.dumps(result.as_json(), indent=2) + "\n")
     else:
-        # Pipes and CI logs get a table as wide as it needs, not 80 columns.
-        console = Console(highlight=False)
-        if not console.is_terminal:
-            console = Console(highlight=False, width=120)
-        _print_report(console, result, config.project.out)
+        _print_report(_stdout(), result, config.project.out)
     return EXIT_OK
 
 
@@ -187,9 +192,7 @@ def _watch(args: argparse.Namespace, err: Console) -> int:
 
     from bundler import watch
 
-    out = Console(highlight=False)
-    if not out.is_terminal:
-        out = Console(highlight=False, width=120)
+    out = _stdout()
     view = _WatchView(out, err, verbose=args.verbose)
     try:
         watch.watch(
@@ -311,6 +314,14 @@ def _init(args: argparse.Namespace, err: Console) -> int:
         err.print(f"wrote {_escape(str(path))}")
     err.print(f"next: bundler build {_escape(str(written[0]))}")
     return EXIT_OK
+
+
+def _stdout() -> Console:
+    """The console for reports; pipes and CI logs get a table as wide as it needs."""
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(highlight=False, soft_wrap=True, width=120)
+    return console
 
 
 def _size(n: int) -> str:

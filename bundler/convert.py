@@ -119,7 +119,7 @@ def _convert_with_tensorflow(model: ModelConfig, out: Path, tmp: Path) -> Any:
         raise
     except Exception as err:  # TensorFlow raises many kinds; the user needs the first line
         raise ModelError(
-            f"model {model.name!r}: TensorFlow could not convert {src}: {_first_line(err)}"
+            f'model "{model.name}": TensorFlow could not convert {src}: {_first_line(err)}'
         ) from err
 
 
@@ -318,7 +318,7 @@ def _predict(
             outputs = fn(**feed)
     except Exception as err:
         raise ModelError(
-            f"model {model.name!r}: TensorFlow could not run the source model on sample inputs "
+            f'model "{model.name}": TensorFlow could not run the source model on sample inputs '
             f"of shapes {[list(a.shape) for a in arrays]}: {_first_line(err)}"
         ) from err
     if isinstance(outputs, dict):

@@ -8,7 +8,12 @@ from typing import Any
 
 import jinja2
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+# Installed, templates/ is the package `bundler.templates` (see pyproject.toml); in a checkout
+# (an editable install) it is the repository's own templates/ folder.
+_INSTALLED = Path(__file__).resolve().parent / "templates"
+TEMPLATES = (
+    _INSTALLED if _INSTALLED.is_dir() else Path(__file__).resolve().parent.parent / "templates"
+)
 
 
 def environment() -> jinja2.Environment:

@@ -113,7 +113,8 @@ def _failure(name: str, result: NodeResult, version: str, what: str = "it") -> s
             f'{what} uses; try format = "graph"'
         )
     stage = "load" if result.stage == "load" else "run"
-    message = f'model "{name}": {what} does not {stage} in tfjs {version}: {result.error}'
+    error = (result.error or "").rstrip(". ")
+    message = f'model "{name}": {what} does not {stage} in tfjs {version}: {error}'
     if "Activation" in (result.error or "") and "not been implemented" in (result.error or ""):
         # The graph converter fuses a layer's activation into _FusedMatMul/_FusedConv2D, and
         # tfjs fuses only linear, relu, relu6, elu, prelu, leakyrelu and sigmoid.
