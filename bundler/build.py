@@ -11,10 +11,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bundler import __version__, artifacts, cache, emit, manifest
 from bundler.cache import Cache, Entry
+from bundler.convert import Converted
 from bundler.errors import ModelError
 from bundler.manifest import Config, ModelConfig
 from bundler.verify import Check, verify
@@ -59,8 +61,11 @@ def build(config: Config, progress: Progress | None = None) -> Result:
     store = Cache(config.project.cache_dir)
     result = Result(report={}, written=False)
     entries: dict[str, Entry] = {}
+    # One conversion serves every model of this build with the same source and format:
+    # quantization and sharding come after it.
+    conversions: dict[tuple[Path, str], Converted] = {}
     for model in config.models:
-        entries[model.name] = _artifacts(config, model, store, say, result)
+        entries[model.name] = _artifacts(config, model, store, say, result, conversions)
 
     warnings = _verify_all(config, entries, say)
     files: dict[str, bytes] = {}
@@ -84,7 +89,12 @@ def build(config: Config, progress: Progress | None = None) -> Result:
 
 
 def _artifacts(
-    config: Config, model: ModelConfig, store: Cache, say: Progress, result: Result
+    config: Config,
+    model: ModelConfig,
+    store: Cache,
+    say: Progress,
+    result: Result,
+    conversions: dict[tuple[Path, str], Converted],
 ) -> Entry:
     """The model's cached artifacts, converting it first when its fingerprint is new."""
     cap = config.shard_cap(model)
@@ -100,12 +110,15 @@ def _artifacts(
     )
     from bundler.convert import convert  # imports nothing heavy itself; TensorFlow loads lazily
 
-    try:
-        converted = convert(model, verify=True)
-    except ModelError as err:
-        if str(err).startswith(f'model "{model.name}"'):
-            raise
-        raise ModelError(f'model "{model.name}": {err}') from err
+    converted = conversions.get((model.source, model.format))
+    if converted is None:
+        try:
+            converted = convert(model, verify=True)
+        except ModelError as err:
+            if str(err).startswith(f'model "{model.name}"'):
+                raise
+            raise ModelError(f'model "{model.name}": {err}') from err
+        conversions[(model.source, model.format)] = converted
     files, packed = artifacts.build_files(converted, model.quantize, cap, quality)
     meta = {
         "hash": key[:HASH_LENGTH],
