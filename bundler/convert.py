@@ -130,11 +130,15 @@ def _is_keras3(source: sources.Source) -> bool:
 
 
 def _saved_model_to_graph(saved_model: Path, out: Path) -> None:
-    import tensorflow as tf
+    from tensorflow.python.saved_model import loader_impl
     from tensorflowjs.converters import tf_saved_model_conversion_v2 as tfsm
 
-    loaded = tf.saved_model.load(str(saved_model))
-    signatures = list(loaded.signatures.keys())
+    # Read the signatures from saved_model.pb alone: loading the model costs seconds and
+    # tensorflowjs loads it again anyway.
+    meta = loader_impl.parse_saved_model(str(saved_model))
+    signatures = sorted(
+        {k for graph in meta.meta_graphs for k in graph.signature_def if not k.startswith("__")}
+    )
     if "serving_default" not in signatures:
         found = ", ".join(signatures) if signatures else "none"
         raise ModelError(
