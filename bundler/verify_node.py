@@ -31,6 +31,7 @@ INSTALL_TIMEOUT_S = 900.0
 _STDERR_TAIL_LINES = 20
 # Digits and dots with an optional pre-release suffix: the version lands in an npm command line.
 _VERSION_RE = re.compile(r"^\d+(?:\.\d+){2}(?:-[0-9A-Za-z][0-9A-Za-z.]*)?$")
+_PACKAGE_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
 
 _NO_NODE = (
     "node was not found on PATH: the bundler verifies models in the real tfjs runtime and "
@@ -83,8 +84,8 @@ def node_cache_dir() -> Path:
     return base / "model-bundler" / "node"
 
 
-def _installed_version(tfjs_dir: Path) -> str | None:
-    pkg = tfjs_dir / "node_modules" / "@tensorflow" / "tfjs" / "package.json"
+def _installed_version(folder: Path, name: str = "@tensorflow/tfjs") -> str | None:
+    pkg = folder / "node_modules" / name / "package.json"
     try:
         data = json.loads(pkg.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -137,9 +138,28 @@ def ensure_tfjs(version: str, *, log: Callable[[str], None] | None = None) -> Pa
             f"tfjs version {version!r} is not a version number like 3.21.0; "
             "set tfjs_version in bundle.toml to an exact @tensorflow/tfjs release"
         )
+    return ensure_packages(
+        f"tfjs-{version}",
+        {"@tensorflow/tfjs": version},
+        purpose=f"@tensorflow/tfjs {version} for verification",
+        log=log,
+    )
+
+
+def ensure_packages(
+    folder: str,
+    packages: dict[str, str],
+    *,
+    purpose: str,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Install npm `packages` (name → exact version) on first use into node_cache_dir()/folder."""
+    for name, version in packages.items():
+        if not _VERSION_RE.match(version) or not _PACKAGE_RE.match(name):
+            raise ToolError(f"{name}@{version} is not an npm package name and exact version")
     cache = node_cache_dir()
-    target = cache / f"tfjs-{version}"
-    if _installed_version(target) == version:
+    target = cache / folder
+    if _all_installed(target, packages):
         return target
 
     if shutil.which("node") is None:
@@ -151,23 +171,28 @@ def ensure_tfjs(version: str, *, log: Callable[[str], None] | None = None) -> Pa
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ToolError(f"cannot create the tfjs cache folder {cache}: {err}") from err
-    with _locked(cache / f".tfjs-{version}.lock"):
+        raise ToolError(f"cannot create the npm cache folder {cache}: {err}") from err
+    with _locked(cache / f".{folder}.lock"):
         # Another build may have finished the install while we waited for the lock.
-        if _installed_version(target) == version:
+        if _all_installed(target, packages):
             return target
-        message = f"installing @tensorflow/tfjs {version} for verification (first use) ..."
+        message = f"installing {purpose} (first use) ..."
         logger.info(message)
         if log is not None:
             log(message)
-        _install(npm, version, cache, target)
-    logger.info("installed @tensorflow/tfjs %s in %s", version, target)
+        _install(npm, folder, packages, cache, target)
+    logger.info("installed %s in %s", purpose, target)
     return target
 
 
-def _install(npm: str, version: str, cache: Path, target: Path) -> None:
+def _all_installed(folder: Path, packages: dict[str, str]) -> bool:
+    return all(_installed_version(folder, name) == v for name, v in packages.items())
+
+
+def _install(npm: str, folder: str, packages: dict[str, str], cache: Path, target: Path) -> None:
     # Install beside the target and rename into place, so a build never sees half an install.
-    staging = Path(tempfile.mkdtemp(prefix=f".tfjs-{version}-", dir=cache))
+    wanted = " ".join(f"{name}@{version}" for name, version in packages.items())
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder}-", dir=cache))
     try:
         (staging / "package.json").write_text(
             json.dumps({"name": "model-bundler-tfjs-runtime", "version": "0.0.0", "private": True})
@@ -182,29 +207,29 @@ def _install(npm: str, version: str, cache: Path, target: Path) -> None:
             "--ignore-scripts",
             "--no-save",
             "--loglevel=error",
-            f"@tensorflow/tfjs@{version}",
+            *(f"{name}@{version}" for name, version in packages.items()),
         ]
         proc = _run(
             cmd,
             staging,
             INSTALL_TIMEOUT_S,
-            f"npm did not finish installing @tensorflow/tfjs@{version} "
+            f"npm did not finish installing {wanted} "
             f"within {INSTALL_TIMEOUT_S:.0f} s; check the network or the npm registry",
         )
         if proc.returncode != 0:
             raise ToolError(
-                f"npm could not install @tensorflow/tfjs@{version} "
+                f"npm could not install {wanted} "
                 f"(exit status {proc.returncode}):\n{_tail(proc.stderr) or '(no output)'}"
             )
-        got = _installed_version(staging)
-        if got != version:
-            raise ToolError(
-                f"npm install of @tensorflow/tfjs@{version} left version {got or 'nothing'} "
-                f"in {staging}"
-            )
+        for name, version in packages.items():
+            got = _installed_version(staging, name)
+            if got != version:
+                raise ToolError(
+                    f"npm install of {name}@{version} left version {got or 'nothing'} in {staging}"
+                )
         if target.exists():
             # A stale or different install under our name: move it aside before replacing it.
-            trash = Path(tempfile.mkdtemp(prefix=f".tfjs-{version}-old-", dir=cache))
+            trash = Path(tempfile.mkdtemp(prefix=f".{folder}-old-", dir=cache))
             target.rename(trash / "old")
             shutil.rmtree(trash, ignore_errors=True)
         staging.rename(target)
