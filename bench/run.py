@@ -508,10 +508,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work", type=Path, default=BENCH / "work", help="work folder (default bench/work)"
     )
+    parser.add_argument(
+        "--watch-only", action="store_true", help="run only the watch benchmark (bench/watch.py)"
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     work: Path = args.work.resolve()
+    if args.watch_only:
+        return watch_bench(args.repeat, work)
     models = work / "models"
     logs = work / "logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -586,7 +591,19 @@ def main(argv: list[str] | None = None) -> int:
     (work / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print_table(results)
     print(f"\nwrote {work / 'results.json'}; logs in {logs}")
-    return 0
+    return watch_bench(args.repeat, work)
+
+
+# --- the watch benchmark --------------------------------------------------------------------
+
+
+def watch_bench(repeat: int, work: Path) -> int:
+    """bench/watch.py, after the tables above: save → new bundle with `bundler watch`, as a
+    ratio to a cold build. Its own process (it loads TensorFlow); it adds a `watch` key to
+    results.json."""
+    sys.stdout.flush()
+    cmd = [sys.executable, BENCH / "watch.py", "--repeat", str(repeat), "--work", work]
+    return subprocess.run([str(c) for c in cmd], env=_env(), check=False).returncode
 
 
 def summarize(
