@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean node-test-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check bundler tests bench example_site
 	$(BIN)/mypy bundler
 
-test: lint
+# Test-only npm packages (miniprogram-ci, typescript, miniprogram-api-typings), pinned in
+# tests/node/package.json; reinstalled only when package.json or its lock is newer than the stamp.
+NODE_TEST_STAMP := tests/node/node_modules/.installed
+
+node-test-deps: $(NODE_TEST_STAMP)
+
+$(NODE_TEST_STAMP): tests/node/package.json $(wildcard tests/node/package-lock.json)
+	cd tests/node && npm install --ignore-scripts --no-audit --no-fund
+	touch $(NODE_TEST_STAMP)
+
+test: lint node-test-deps
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

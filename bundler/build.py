@@ -82,6 +82,14 @@ def build(config: Config, progress: Progress | None = None) -> Result:
         "models": model_reports,
         "warnings": warnings,
     }
+    if "wechat" in config.project.targets:
+        from bundler import wechat
+
+        built = wechat.build(config, [(m, entries[m.name]) for m in config.models], say)
+        files.update(built.files)
+        result.report["packages"] = built.packages
+        for report in model_reports:
+            report["delivery"] = built.delivery[report["name"]]
     files[REPORT_FILE] = (json.dumps(result.report, indent=2) + "\n").encode()
     result.written = emit.write_tree(config.project.out, files)
     result.seconds = time.perf_counter() - started

@@ -172,6 +172,21 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
             state,
         )
     out.print(table)
+    if report.get("packages"):
+        packages = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for column in ("wechat package", "bytes", "limit", "used"):
+            packages.add_column(column, justify="left" if column == "wechat package" else "right")
+        for p in report["packages"]:
+            used = p["bytes"] / p["limit"]
+            packages.add_row(
+                p["root"],
+                _size(p["bytes"]),
+                _size(p["limit"]),
+                f"[red]{used:.0%}[/]" if used > 1 else f"{used:.0%}",
+            )
+        out.print(packages)
+        delivered = ", ".join(f"{m['name']}: {m['delivery']}" for m in report["models"])
+        out.print(f"delivery: {delivered}")
     versions = sorted({v for m in report["models"] for v in m["max_abs_error"]})
     if versions:
         out.print(

@@ -125,7 +125,9 @@ def test_first_build_converts_every_model_and_writes_its_report(built: Built) ->
 
 def test_output_folder_holds_exactly_the_listed_files(built: Built) -> None:
     listed = {f for m in built.result.report["models"] for f in m["files"]}
-    assert set(_tree(built.out)) == listed | {build.REPORT_FILE}
+    # The targets' own folders (wechat/, remote/, web/) are tested with their targets.
+    models = {f for f in _tree(built.out) if not f.startswith(("wechat/", "remote/", "web/"))}
+    assert models == listed | {build.REPORT_FILE}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)

@@ -1,0 +1,495 @@
+"""The WeChat target: a mini-program project under `<out>/wechat/`, and `<out>/remote/`.
+
+Everything is gathered in memory: the runtime's real size (measured from the npm packages
+that "Build npm" will copy), the plan (`plan.py`), then every file rendered from
+templates/wechat/. The layout and the data handed to the glue are described in
+docs/wechat-layout.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bundler import limits, plan
+from bundler.artifacts import BROTLI_SUFFIX, MODEL_JSON
+from bundler.cache import Entry
+from bundler.errors import PlanError
+from bundler.manifest import Config, ModelConfig
+from bundler.render import render
+from bundler.verify_node import ensure_packages
+
+WECHAT_DIR = "wechat"
+REMOTE_DIR = "remote"
+LOADER_DIR = "bundler"
+CACHE_DIR = "bundler-models"  # under wx.env.USER_DATA_PATH
+HOME_PAGE = "pages/index/index"
+SUBPACKAGE_PAGE = "pages/index/index"
+# fetch-wechat: the fetch that tfjsPlugin's configPlugin takes (tfjs-wechat README).
+FETCH_WECHAT_VERSION = "0.0.3"
+# tfjs-core depends on node-fetch, which "Build npm" copies though a mini-program never runs
+# it (fetch-wechat stands in): 0.37 MB that upload must leave out (PLATFORMS.md).
+NEVER_RUN_PACKAGES = ("node-fetch", "whatwg-url", "tr46", "webidl-conversions")
+REQUEST_TIMEOUT_MS = 60_000  # wx.request's default (official app.json doc)
+DOWNLOAD_RETRIES = 3
+
+_REQUIRE = re.compile(r"""require\(\s*['"](\.{1,2}/[^'"]+)['"]\s*\)""")
+
+
+@dataclass(frozen=True)
+class Built:
+    """The WeChat target's files (paths relative to `out`) and its part of the report."""
+
+    files: dict[str, bytes]
+    packages: list[dict[str, Any]]
+    delivery: dict[str, str]
+
+
+def build(
+    config: Config,
+    models: Sequence[tuple[ModelConfig, Entry]],
+    say: Callable[[str], None],
+) -> Built:
+    """Plan and render the mini-program for these models; PlanError if it cannot fit."""
+    wechat = config.wechat
+    formats = {m.format for m, _ in models}
+    runtime_npm = runtime_sizes(wechat.tfjs_version, formats, say)
+    app_pages = [HOME_PAGE, *(model_page(m.name) for m, _ in models)]
+
+    shell = _shell_files(config, models)
+    runtime = _runtime_files(wechat.tfjs_version, formats)
+    sub_files = _subpackage_files("models-x-1")
+    planned = plan.plan(
+        [_model_files(m, e) for m, e in models],
+        wechat.limits,
+        main_files=[(p, len(b)) for p, b in shell.items()]
+        + _estimate_generated(models)
+        + [("(compiler helpers: @babel/runtime)", wechat.limits.compiler_helpers_bytes)],
+        runtime_files=[(p, len(b)) for p, b in runtime.items()] + runtime_npm,
+        subpackage_files=[(p, len(b)) for p, b in sub_files.items()],
+        remote_base_url=wechat.remote_base_url,
+        pages=app_pages,
+    )
+
+    files: dict[str, bytes] = {}
+    project = {**shell, **_generated(config, models, planned, app_pages)}
+    for rel, data in runtime.items():
+        project[f"{plan.RUNTIME_ROOT}/{rel}"] = data
+    for m, entry in models:
+        if planned.delivery[m.name] == "package":
+            project.update(_model_subpackages(m, entry, planned))
+        else:
+            for name in entry.files:
+                if name != MODEL_JSON + BROTLI_SUFFIX:
+                    files[f"{REMOTE_DIR}/{m.name}/{entry.meta['hash']}/{name}"] = entry.read(name)
+    _check_uploadable(project)
+    main = wechat.limits.compiler_helpers_bytes + sum(
+        len(b) for p, b in project.items() if _package_of(p, planned) == plan.MAIN_ROOT
+    )
+    if main > wechat.limits.main_package_bytes:
+        raise PlanError(
+            f"the main package takes {main:,} bytes, over its "
+            f"{wechat.limits.main_package_bytes:,}-byte limit"
+        )
+    for rel, data in project.items():
+        files[f"{WECHAT_DIR}/{rel}"] = data
+
+    report = []
+    for package in planned.packages:
+        size = sum(len(b) for p, b in project.items() if _package_of(p, planned) == package.root)
+        if package.root == plan.MAIN_ROOT:
+            size += wechat.limits.compiler_helpers_bytes
+        if package.root == plan.RUNTIME_ROOT:
+            size += sum(n for _, n in runtime_npm)
+        report.append({"root": package.root, "bytes": size, "limit": package.limit})
+    return Built(files, report, dict(planned.delivery))
+
+
+def model_page(name: str) -> str:
+    """The demo page of a model."""
+    return f"pages/{name}/index"
+
+
+# --- the runtime ----------------------------------------------------------------------------
+
+
+def runtime_packages(version: str, formats: set[str]) -> dict[str, str]:
+    """The npm packages the runtime subpackage depends on, name → version."""
+    packages = {
+        "@tensorflow/tfjs-core": version,
+        "@tensorflow/tfjs-backend-cpu": version,  # webgl falls back to it and needs it
+        "@tensorflow/tfjs-backend-webgl": version,
+    }
+    if "graph" in formats:
+        packages["@tensorflow/tfjs-converter"] = version
+    if "layers" in formats:
+        packages["@tensorflow/tfjs-layers"] = version
+    packages["fetch-wechat"] = FETCH_WECHAT_VERSION
+    return packages
+
+
+def runtime_sizes(
+    version: str, formats: set[str], say: Callable[[str], None] | None = None
+) -> list[tuple[str, int]]:
+    """What "Build npm" puts in tfjs/miniprogram_npm/, file by file, measured on the packages.
+
+    A package with a `miniprogram` folder is copied as it is, less its source maps (dropped
+    at upload); another is built from its main file and what that requires.
+    """
+    wanted = runtime_packages(version, formats)
+    folder = ensure_packages(
+        f"wechat-runtime-{version}",
+        wanted,
+        purpose=f"the tfjs {version} runtime packages for WeChat",
+        log=say,
+    )
+    modules = folder / "node_modules"
+    sizes: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    todo = list(wanted)
+    while todo:
+        name = todo.pop(0)
+        if name in seen or name in NEVER_RUN_PACKAGES or name.startswith("@types/"):
+            continue
+        seen.add(name)
+        root = modules / name
+        meta = json.loads((root / "package.json").read_text(encoding="utf-8"))
+        dist = f"miniprogram_npm/{name}"
+        # tfjs-backend-cpu 3.21.0 names a miniprogram folder that its package lacks: then
+        # "Build npm" builds from the main file, like any other package.
+        mini = meta.get("miniprogram")
+        if isinstance(mini, str) and (root / mini).is_dir():
+            base = root / mini
+            for file in sorted(base.rglob("*")):
+                if file.is_file() and file.suffix != ".map":
+                    sizes.append((f"{dist}/{file.relative_to(base)}", file.stat().st_size))
+        else:
+            for file in _required_files(root, meta.get("main", "index.js")):
+                sizes.append((f"{dist}/{file.relative_to(root)}", file.stat().st_size))
+        todo += [d for d in meta.get("dependencies", {}) if d not in seen]
+    return sizes
+
+
+def _required_files(root: Path, main: str) -> list[Path]:
+    """A CommonJS main file and the relative files it requires, transitively."""
+    start = (root / main).with_suffix(".js") if not main.endswith(".js") else root / main
+    found: list[Path] = []
+    todo = [start]
+    while todo:
+        file = todo.pop()
+        if file in found or not file.is_file():
+            continue
+        found.append(file)
+        text = file.read_text(encoding="utf-8", errors="replace")
+        for rel in _REQUIRE.findall(text):
+            target = (file.parent / rel).resolve()
+            todo.append(target if target.suffix == ".js" else target.with_suffix(".js"))
+    return found
+
+
+def _runtime_files(version: str, formats: set[str]) -> dict[str, bytes]:
+    package = {
+        "name": "bundler-tfjs-runtime",
+        "version": "1.0.0",
+        "private": True,
+        "description": "The tfjs runtime subpackage; WeChat DevTools: Tools → Build npm.",
+        "dependencies": runtime_packages(version, formats),
+    }
+    files = {
+        "package.json": _text("wechat/tfjs/package.json.j2", package=package),
+        "index.js": _text(
+            "wechat/tfjs/index.js.j2", graph="graph" in formats, layers="layers" in formats
+        ),
+    }
+    files.update(_page_files(plan.RUNTIME_ROOT))
+    return files
+
+
+# --- the shell and the generated data -------------------------------------------------------
+
+
+def _shell_files(config: Config, models: Sequence[tuple[ModelConfig, Entry]]) -> dict[str, bytes]:
+    """The files of the main package that do not depend on the plan."""
+    files = {
+        "app.js": _text("wechat/app.js.j2"),
+        "app.wxss": _text("wechat/app.wxss.j2"),
+        "sitemap.json": _text("wechat/sitemap.json.j2"),
+        f"{LOADER_DIR}/loader.js": _text("wechat/bundler/loader.js.j2", settings=_settings(config)),
+        f"{HOME_PAGE}.json": _text("wechat/pages/index/index.json.j2", title=config.project.name),
+        f"{HOME_PAGE}.wxml": _text("wechat/pages/index/index.wxml.j2"),
+        f"{HOME_PAGE}.wxss": _text("wechat/pages/index/index.wxss.j2"),
+    }
+    for m, entry in models:
+        page = model_page(m.name)
+        inputs = [
+            {"name": n, "shape": [1 if d is None or d < 0 else d for d in shape], "dtype": dtype}
+            for n, shape, dtype in _input_specs(entry)
+        ]
+        files[f"{page}.js"] = _text("wechat/pages/model/index.js.j2", name=m.name, inputs=inputs)
+        files[f"{page}.json"] = _text("wechat/pages/model/index.json.j2", name=m.name)
+        files[f"{page}.wxml"] = _text("wechat/pages/model/index.wxml.j2")
+        files[f"{page}.wxss"] = _text("wechat/pages/model/index.wxss.j2")
+    return files
+
+
+def _settings(config: Config) -> dict[str, Any]:
+    lim = config.wechat.limits
+    return {
+        "cache": config.wechat.cache,
+        "cacheDir": CACHE_DIR,
+        "concurrency": lim.concurrent_requests,
+        "timeoutMs": REQUEST_TIMEOUT_MS,
+        "retries": DOWNLOAD_RETRIES,
+        "storageKeyBytes": lim.storage_key_bytes,
+        "storageTotalBytes": lim.storage_total_bytes,
+    }
+
+
+def _estimate_generated(models: Sequence[tuple[ModelConfig, Entry]]) -> list[tuple[str, int]]:
+    """A generous size for the files that depend on the plan (app.json, models.js, ...)."""
+    per_model = 2048 + 400 * max((e.meta["shards"] for _, e in models), default=0)
+    return [
+        ("(generated: app.json, project.config.json, models.js)", 4096 + per_model * len(models))
+    ]
+
+
+def _generated(
+    config: Config,
+    models: Sequence[tuple[ModelConfig, Entry]],
+    planned: plan.Plan,
+    pages: list[str],
+) -> dict[str, bytes]:
+    """app.json, project.config.json, bundler/models.js and the home page's data."""
+    subpackages = [
+        {"root": plan.RUNTIME_ROOT, "name": plan.RUNTIME_ROOT, "pages": [SUBPACKAGE_PAGE]}
+    ]
+    for m, _ in models:
+        for root in planned.subpackages.get(m.name, ()):
+            subpackages.append({"root": root, "name": root, "pages": [SUBPACKAGE_PAGE]})
+    app: dict[str, Any] = {
+        "pages": pages,
+        "subPackages": subpackages,
+        "plugins": {
+            "tfjsPlugin": {
+                "version": config.wechat.plugin_version,
+                "provider": limits.TFJS_PLUGIN_PROVIDER,
+            }
+        },
+        "window": {"navigationBarTitleText": config.project.name},
+        "networkTimeout": {"request": REQUEST_TIMEOUT_MS},
+        "sitemapLocation": "sitemap.json",
+    }
+    if planned.preload:
+        app["preloadRule"] = {
+            page: {"packages": list(roots), "network": "all"}
+            for page, roots in planned.preload.items()
+        }
+    include = [
+        {"type": "folder", "value": root}
+        for m, _ in models
+        for root in planned.subpackages.get(m.name, ())
+    ]
+    project = {
+        "appid": config.wechat.appid,
+        "projectname": config.project.name,
+        "compileType": "miniprogram",
+        "libVersion": limits.WECHAT_BASE_LIBRARY,
+        "description": "Generated by the model bundler; its report is bundle-report.json in out/.",
+        "setting": {
+            "es6": True,
+            "enhance": True,
+            "minified": True,
+            "ignoreUploadUnusedFiles": True,
+            "packNpmManually": True,
+            "packNpmRelationList": [
+                {
+                    "packageJsonPath": f"./{plan.RUNTIME_ROOT}/package.json",
+                    "miniprogramNpmDistDir": f"./{plan.RUNTIME_ROOT}/",
+                }
+            ],
+        },
+        "packOptions": {
+            # Model files are read by path, never `require`d: without this, DevTools may drop
+            # them as unused when ignoreUploadUnusedFiles is on.
+            "include": include,
+            "ignore": [
+                {"type": "folder", "value": f"{plan.RUNTIME_ROOT}/miniprogram_npm/{name}"}
+                for name in NEVER_RUN_PACKAGES
+            ],
+        },
+    }
+    home = [
+        {
+            "name": m.name,
+            "format": m.format,
+            "delivery": planned.delivery[m.name],
+            "size": f"{e.meta['brotli_bytes'] / 1024:,.0f} KB",
+        }
+        for m, e in models
+    ]
+    return {
+        "app.json": _text("wechat/app.json.j2", app=app),
+        "project.config.json": _text("wechat/project.config.json.j2", project=project),
+        f"{LOADER_DIR}/models.js": _text(
+            "wechat/bundler/models.js.j2", models=_models_data(config, models, planned)
+        ),
+        f"{HOME_PAGE}.js": _text("wechat/pages/index/index.js.j2", models=home),
+    }
+
+
+def _models_data(
+    config: Config, models: Sequence[tuple[ModelConfig, Entry]], planned: plan.Plan
+) -> dict[str, Any]:
+    data = {}
+    for m, entry in models:
+        h = entry.meta["hash"]
+        remote = planned.delivery[m.name] == "remote"
+        roots = planned.subpackages.get(m.name, ())
+        where = _file_roots(m, entry, planned)
+        base = f"{config.wechat.remote_base_url}{m.name}/{h}/" if remote else None
+        model_json = entry.read(MODEL_JSON)
+        shards: list[dict[str, Any]] = []
+        for name in _shard_names(entry):
+            raw = entry.read(name)
+            br = entry.read(name + BROTLI_SUFFIX)
+            shards.append(
+                {
+                    "path": None
+                    if remote
+                    else f"{where[name + BROTLI_SUFFIX]}/{m.name}/{h}/{name}{BROTLI_SUFFIX}",
+                    "url": f"{base}{name}" if base else None,
+                    "bytes": len(br),
+                    "sha256": _sha256(br),
+                    "rawBytes": len(raw),
+                    "rawSha256": _sha256(raw),
+                }
+            )
+        data[m.name] = {
+            "name": m.name,
+            "hash": h,
+            "format": m.format,
+            "delivery": planned.delivery[m.name],
+            "subpackages": list(roots),
+            "modelJson": {
+                "path": None if remote else f"{where[MODEL_JSON]}/{m.name}/{h}/{MODEL_JSON}",
+                "url": f"{base}{MODEL_JSON}" if base else None,
+                "bytes": len(model_json),
+                "sha256": _sha256(model_json),
+            },
+            "shards": shards,
+            "weightBytes": sum(s["rawBytes"] for s in shards),
+            "inputs": [
+                {"name": n, "shape": [1 if d is None or d < 0 else d for d in shape], "dtype": t}
+                for n, shape, t in _input_specs(entry)
+            ],
+        }
+    return data
+
+
+# --- model subpackages ----------------------------------------------------------------------
+
+
+def _model_files(m: ModelConfig, entry: Entry) -> plan.ModelFiles:
+    h = entry.meta["hash"]
+    return plan.ModelFiles(
+        name=m.name,
+        delivery=m.delivery,
+        model_json=(f"{h}/{MODEL_JSON}", len(entry.read(MODEL_JSON))),
+        shards=tuple(
+            (f"{h}/{name}{BROTLI_SUFFIX}", len(entry.read(name + BROTLI_SUFFIX)))
+            for name in _shard_names(entry)
+        ),
+        preload=m.preload,
+    )
+
+
+def _file_roots(m: ModelConfig, entry: Entry, planned: plan.Plan) -> dict[str, str]:
+    """Artifact file name → the subpackage root it was planned into."""
+    where = {}
+    for package in planned.packages:
+        if package.model != m.name:
+            continue
+        for path, _ in package.files:
+            prefix = f"{m.name}/{entry.meta['hash']}/"
+            if path.startswith(prefix):
+                where[path[len(prefix) :]] = package.root
+    return where
+
+
+def _model_subpackages(m: ModelConfig, entry: Entry, planned: plan.Plan) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    h = entry.meta["hash"]
+    for package in planned.packages:
+        if package.model != m.name:
+            continue
+        own = []
+        for path, _ in package.files:
+            prefix = f"{m.name}/{h}/"
+            if path.startswith(prefix):
+                files[f"{package.root}/{path}"] = entry.read(path[len(prefix) :])
+                own.append(path)
+        content = {"model": m.name, "hash": h, "files": own}
+        files[f"{package.root}/index.js"] = _text("wechat/subpackage/index.js.j2", content=content)
+        files.update({f"{package.root}/{k}": v for k, v in _page_files(package.root).items()})
+    return files
+
+
+def _subpackage_files(root: str) -> dict[str, bytes]:
+    """A model subpackage's own small files, for sizing: its page and index.js."""
+    files = _page_files(root)
+    files["index.js"] = _text("wechat/subpackage/index.js.j2", content={"files": []})
+    return files
+
+
+def _page_files(root: str) -> dict[str, bytes]:
+    return {
+        f"{SUBPACKAGE_PAGE}.{ext}": _text(f"wechat/subpackage/page.{ext}.j2", root=root)
+        for ext in ("js", "json", "wxml", "wxss")
+    }
+
+
+# --- checks and helpers ---------------------------------------------------------------------
+
+
+def _check_uploadable(project: dict[str, bytes]) -> None:
+    """Every file must have an extension that upload keeps, or WeChat drops it silently."""
+    dropped = [
+        p for p in project if Path(p).suffix.lstrip(".") not in limits.UPLOAD_KEPT_EXTENSIONS
+    ]
+    if dropped:
+        raise PlanError(
+            f"{len(dropped)} generated file(s) would be dropped at upload (their types are not "
+            f"kept): {', '.join(sorted(dropped)[:5])}"
+        )
+
+
+def _package_of(path: str, planned: plan.Plan) -> str:
+    first = path.split("/", 1)[0]
+    for package in planned.packages[1:]:
+        if first == package.root:
+            return package.root
+    return plan.MAIN_ROOT
+
+
+def _shard_names(entry: Entry) -> list[str]:
+    doc = json.loads(entry.read(MODEL_JSON))
+    return [p for group in doc["weightsManifest"] for p in group["paths"]]
+
+
+def _input_specs(entry: Entry) -> list[tuple[str, list[int | None], str]]:
+    from bundler.convert import input_specs
+
+    return input_specs(json.loads(entry.read(MODEL_JSON)))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _text(template: str, **data: Any) -> bytes:
+    return render(template, **data).encode("utf-8")
