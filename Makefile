@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean node-test-deps
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: demo test lint bench clean node-test-deps chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +34,15 @@ $(NODE_TEST_STAMP): tests/node/package.json $(wildcard tests/node/package-lock.j
 	cd tests/node && npm install --ignore-scripts --no-audit --no-fund
 	touch $(NODE_TEST_STAMP)
 
-test: lint node-test-deps
+# The web tests drive Debian's Chromium headless (Playwright with executable_path); installed
+# once, skipped when it is there.
+chromium: $(CHROMIUM)
+
+$(CHROMIUM):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+test: lint node-test-deps $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

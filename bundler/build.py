@@ -90,6 +90,12 @@ def build(config: Config, progress: Progress | None = None) -> Result:
         result.report["packages"] = built.packages
         for report in model_reports:
             report["delivery"] = built.delivery[report["name"]]
+    if "web" in config.project.targets:
+        from bundler import web
+
+        site = web.build(config, [(m, entries[m.name]) for m in config.models], say)
+        files.update(site.files)
+        result.report["web"] = site.report
     files[REPORT_FILE] = (json.dumps(result.report, indent=2) + "\n").encode()
     result.written = emit.write_tree(config.project.out, files)
     result.seconds = time.perf_counter() - started

@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _init(args, err)
         if args.command == "watch":
             return _watch(args, err)
+        if args.command == "serve":
+            return _serve(args, err)
     except BundlerError as e:
         if args.verbose:
             err.print_exception()
@@ -114,6 +116,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     watch.add_argument(
         "manifest", nargs="?", default="bundle.toml", help="the manifest (default: ./bundle.toml)"
+    )
+    serve = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="build, watch, and serve the web bundle on localhost with live reload",
+        description="Build, then serve <out>/web/ on 127.0.0.1 (precompressed .br/.gz files "
+        "by Accept-Encoding), rebuild on every change and reload open pages. Ctrl-C stops.",
+    )
+    serve.add_argument(
+        "manifest", nargs="?", default="bundle.toml", help="the manifest (default: ./bundle.toml)"
+    )
+    serve.add_argument(
+        "--port", type=int, default=8000, help="the port (default: 8000; 0 takes any free port)"
     )
     return parser
 
@@ -212,6 +227,37 @@ def _watch(args: argparse.Namespace, err: Console) -> int:
     try:
         watch.watch(
             args.manifest, on_event=view.on_event, stop=threading.Event(), progress=view.progress
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        view.close()
+    err.print("stopped")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace, err: Console) -> int:
+    import threading
+
+    from bundler import serve
+
+    if not 0 <= args.port <= 65535:
+        err.print(f"[bold red]error:[/] --port {args.port} is not a port number (0 to 65535)")
+        return EXIT_USAGE
+    out = _stdout()
+    view = _WatchView(out, err, verbose=args.verbose)
+
+    def ready(server: Any) -> None:
+        out.print(f"serving [bold]{_escape(server.url)}[/] (Ctrl-C to stop)")
+
+    try:
+        serve.serve(
+            args.manifest,
+            port=args.port,
+            on_event=view.on_event,
+            stop=threading.Event(),
+            on_ready=ready,
+            progress=view.progress,
         )
     except KeyboardInterrupt:
         pass

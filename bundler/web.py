@@ -1,0 +1,243 @@
+"""The web target: a static site under `<out>/web/` that any static host serves as it is.
+
+    web/index.html                           demo: loads each model, predicts once, shows times
+    web/bundler/loader.js                    `import {loadModel} from './bundler/loader.js'`
+    web/bundler/models.js                    this build's models (hashes, sizes, inputs)
+    web/vendor/tfjs-<version>/<hash>/tf.min.js   the npm package's file (absent with tfjs_url)
+    web/models/<name>/<hash>/model.json      + shards, from the build's cache entries
+
+Every file gets a `.br` and a `.gz` beside it, for servers that send precompressed files
+(nginx `brotli_static`/`gzip_static`, `bundler serve`). Every URL is relative, so the folder
+works from any base path. Files under a content-hashed folder (`models/…/<hash>/`,
+`vendor/…/<hash>/`, see `is_immutable`) never change and may be cached for good; the page and
+bundler/ must be revalidated.
+
+Compressing tf.min.js with brotli 11 takes seconds, so compressed forms are kept in
+`<cache_dir>/web/`, by the sha256 of what they compress.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import brotli
+import numpy as np
+
+from bundler import limits
+from bundler.artifacts import BROTLI_SUFFIX, MODEL_JSON
+from bundler.cache import Entry
+from bundler.manifest import Config, ModelConfig
+from bundler.render import render
+from bundler.verify_node import ensure_tfjs
+
+WEB_DIR = "web"
+INDEX = "index.html"
+LOADER = "bundler/loader.js"
+MODELS_JS = "bundler/models.js"
+MODELS_DIR = "models"
+VENDOR_DIR = "vendor"
+TFJS_FILE = "tf.min.js"  # @tensorflow/tfjs's dist/tf.min.js: the UMD build that sets `tf`
+GZIP_SUFFIX = ".gz"
+COMPRESSED_SUFFIXES = (BROTLI_SUFFIX, GZIP_SUFFIX)
+HASH_LENGTH = 8
+# A content-hashed folder: what is inside never changes under the same URL.
+IMMUTABLE = re.compile(r"(?:^|/)(?:models|vendor)/[^/]+/[0-9a-f]{8}/")
+# The demo page carries one verification sample (and TensorFlow's output for it) when the
+# model's input is at most this many values; larger inputs get a fixed pattern instead.
+SAMPLE_MAX_VALUES = 1024
+GZIP_LEVEL = 9
+# How long the loader waits for IndexedDB before it takes the network (a read) or gives up
+# caching (a write): a stuck database must not keep a page from its model.
+IDB_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True)
+class Built:
+    """The web target's files (paths relative to `out`) and its part of the report."""
+
+    files: dict[str, bytes]
+    report: dict[str, Any]
+
+
+def build(
+    config: Config,
+    models: Sequence[tuple[ModelConfig, Entry]],
+    say: Callable[[str], None],
+) -> Built:
+    """Render the site for these models; compressed copies beside every file."""
+    squeeze = Compressor(config.project.cache_dir / WEB_DIR)
+    site: dict[str, bytes] = {}
+    # Precompressed forms already made by the build (the cache entry's brotli shards).
+    known_br: dict[str, bytes] = {}
+    for m, entry in models:
+        folder = model_folder(m.name, entry.meta["hash"])
+        for name in entry.files:
+            if name.endswith(BROTLI_SUFFIX):
+                known_br[f"{folder}/{name[: -len(BROTLI_SUFFIX)]}"] = entry.read(name)
+            else:
+                site[f"{folder}/{name}"] = entry.read(name)
+
+    tfjs_src = config.web.tfjs_url
+    if tfjs_src is None:
+        tfjs = _tfjs_min(config.web.tfjs_version, say)
+        tfjs_src = (
+            f"{VENDOR_DIR}/tfjs-{config.web.tfjs_version}/{_digest(tfjs)[:HASH_LENGTH]}/{TFJS_FILE}"
+        )
+        site[tfjs_src] = tfjs
+
+    data = {m.name: _model_data(m, entry) for m, entry in models}
+    settings = {"cache": config.web.cache, "idbTimeoutMs": IDB_TIMEOUT_MS}
+    site[MODELS_JS] = _text("web/bundler/models.js.j2", models=data, settings=settings)
+    site[LOADER] = _text("web/bundler/loader.js.j2")
+    demo = {
+        "title": config.project.name,
+        "order": [m.name for m, _ in models],
+        "samples": {m.name: _sample(entry) for m, entry in models},
+    }
+    site[INDEX] = _text(
+        "web/index.html.j2", title=config.project.name, tfjs_src=tfjs_src, demo=demo
+    )
+
+    files: dict[str, bytes] = {}
+    for rel, raw in site.items():
+        br = known_br.get(rel)
+        files[f"{WEB_DIR}/{rel}"] = raw
+        files[f"{WEB_DIR}/{rel}{BROTLI_SUFFIX}"] = br if br is not None else squeeze.brotli(raw)
+        files[f"{WEB_DIR}/{rel}{GZIP_SUFFIX}"] = squeeze.gzip(raw)
+
+    report = {
+        "root": WEB_DIR,
+        "tfjs": tfjs_src,
+        "cache": config.web.cache,
+        # What a first visit downloads with brotli: the page, the loader, tfjs and the models.
+        "first_visit_brotli_bytes": sum(
+            len(files[f"{WEB_DIR}/{rel}{BROTLI_SUFFIX}"]) for rel in site
+        ),
+    }
+    return Built(files, report)
+
+
+def model_folder(name: str, digest: str) -> str:
+    """Where a model's files live, relative to web/."""
+    return f"{MODELS_DIR}/{name}/{digest}"
+
+
+def is_immutable(path: str) -> bool:
+    """True for a file under a content-hashed folder (a path relative to web/, or a URL path)."""
+    return IMMUTABLE.search(path) is not None
+
+
+class Compressor:
+    """Brotli and gzip forms of file contents, kept on disk by the sha256 of the input."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def brotli(self, data: bytes) -> bytes:
+        """Brotli at the quality for text (11): the web's small files and tf.min.js."""
+        quality = limits.TEXT_BROTLI_QUALITY
+        return self._kept(
+            data, f"q{quality}{BROTLI_SUFFIX}", lambda: brotli.compress(data, quality=quality)
+        )
+
+    def gzip(self, data: bytes) -> bytes:
+        """Gzip at level 9 with no name and a zero mtime: equal inputs give equal bytes."""
+        return self._kept(
+            data, f"l{GZIP_LEVEL}{GZIP_SUFFIX}", lambda: gzip.compress(data, GZIP_LEVEL, mtime=0)
+        )
+
+    def _kept(self, data: bytes, kind: str, make: Callable[[], bytes]) -> bytes:
+        if len(data) < 64 * 1024:  # cheaper to compress again than to read a file
+            return make()
+        path = self.folder / f"{_digest(data)}.{kind}"
+        try:
+            return path.read_bytes()
+        except OSError:
+            pass
+        out = make()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.folder)
+            with os.fdopen(fd, "wb") as f:
+                f.write(out)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache only costs time
+        return out
+
+
+def _tfjs_min(version: str, say: Callable[[str], None]) -> bytes:
+    folder = ensure_tfjs(version, log=say)
+    return (folder / "node_modules" / "@tensorflow" / "tfjs" / "dist" / TFJS_FILE).read_bytes()
+
+
+def _model_data(m: ModelConfig, entry: Entry) -> dict[str, Any]:
+    """What the loader knows of a model: where it is, how big, what it takes."""
+    from bundler.convert import input_specs
+
+    doc = json.loads(entry.read(MODEL_JSON))
+    shards = [p for group in doc.get("weightsManifest", []) for p in group["paths"]]
+    raw = len(entry.read(MODEL_JSON)) + sum(len(entry.read(s)) for s in shards)
+    return {
+        "name": m.name,
+        "hash": entry.meta["hash"],
+        "format": m.format,
+        "path": model_folder(m.name, entry.meta["hash"]),
+        "bytes": raw,
+        "brotliBytes": len(entry.read(MODEL_JSON + BROTLI_SUFFIX)) + entry.meta["brotli_bytes"],
+        "shards": len(shards),
+        "inputs": [
+            {"name": n, "shape": [1 if d is None or d < 0 else d for d in shape], "dtype": t}
+            for n, shape, t in input_specs(doc)
+        ],
+    }
+
+
+def _sample(entry: Entry) -> dict[str, Any] | None:
+    """The first verification input, and the source model's output for it when known."""
+    inputs, reference = entry.verify_data()
+    if not inputs or sum(a[:1].size for _, a in inputs) > SAMPLE_MAX_VALUES:
+        return None
+    sample: dict[str, Any] = {
+        "inputs": [
+            {
+                "name": name,
+                "shape": list(array[:1].shape),
+                "dtype": "int32" if np.issubdtype(array.dtype, np.integer) else "float32",
+                "values": _numbers(array[:1]),
+            }
+            for name, array in inputs
+        ],
+        "expected": None,
+    }
+    if reference and reference[0][:1].size <= SAMPLE_MAX_VALUES:
+        sample["expected"] = {
+            "shape": list(reference[0][:1].shape),
+            "values": _numbers(reference[0][:1]),
+        }
+    return sample
+
+
+def _numbers(array: np.ndarray[Any, Any]) -> list[float | int]:
+    """Flat values, floats as the shortest text that reads back as the same float32."""
+    flat = np.asarray(array).reshape(-1)
+    if np.issubdtype(flat.dtype, np.integer):
+        return [int(v) for v in flat]
+    return [float(str(np.float32(v))) if np.isfinite(v) else 0.0 for v in flat]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _text(template: str, **data: Any) -> bytes:
+    return render(template, **data).encode("utf-8")
