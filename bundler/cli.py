@@ -201,7 +201,14 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
             )
         out.print(packages)
         delivered = ", ".join(f"{m['name']}: {m['delivery']}" for m in report["models"])
-        out.print(f"delivery: {delivered}")
+        out.print(f"wechat: {_escape(str(out_dir / 'wechat'))} (delivery: {delivered})")
+    if report.get("web"):
+        web = report["web"]
+        out.print(
+            f"web: {_escape(str(out_dir / web['root']))} (first visit "
+            f"{_size(web['first_visit_brotli_bytes'])} with brotli; "
+            f"models cached in {web['cache']})"
+        )
     versions = sorted({v for m in report["models"] for v in m["max_abs_error"]})
     if versions:
         out.print(
