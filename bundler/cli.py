@@ -96,9 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         help="convert, verify and write the bundle",
         description="Read the manifest, convert every model, verify it in tfjs, write the bundle.",
     )
-    build.add_argument(
-        "manifest", nargs="?", default="bundle.toml", help="the manifest (default: ./bundle.toml)"
-    )
+    _manifest_argument(build)
     build.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     init = sub.add_parser(
         "init",
@@ -114,9 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Build, then rebuild on every change to the manifest, a model source or a "
         "template. A failed rebuild keeps the last good bundle and says why. Ctrl-C stops.",
     )
-    watch.add_argument(
-        "manifest", nargs="?", default="bundle.toml", help="the manifest (default: ./bundle.toml)"
-    )
+    _manifest_argument(watch)
     serve = sub.add_parser(
         "serve",
         parents=[common],
@@ -124,13 +120,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Build, then serve <out>/web/ on 127.0.0.1 (precompressed .br/.gz files "
         "by Accept-Encoding), rebuild on every change and reload open pages. Ctrl-C stops.",
     )
-    serve.add_argument(
-        "manifest", nargs="?", default="bundle.toml", help="the manifest (default: ./bundle.toml)"
-    )
+    _manifest_argument(serve)
     serve.add_argument(
         "--port", type=int, default=8000, help="the port (default: 8000; 0 takes any free port)"
     )
     return parser
+
+
+def _manifest_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "manifest", nargs="?", default="bundle.toml", help="the manifest (default: ./bundle.toml)"
+    )
 
 
 def _build(args: argparse.Namespace, err: Console) -> int:
