@@ -104,7 +104,7 @@ async function predict(tf, model, specs, prefix) {
 async function loadStep(job, device, app, step, index) {
   const c = app.counters;
   Object.assign(c, {requests: 0, requestUrls: [], maxInFlight: c.inFlight, overflows: 0, bytesDownloaded: 0,
-    bytesWritten: 0, filesWritten: 0, storageWrites: 0, requireAsync: []});
+    bytesWritten: 0, filesWritten: 0, storageWrites: 0, requireAsync: [], digests: 0});
   const serverLog = device.server ? device.server.log.length : 0;
   if (device.server) device.server.maxInFlight = device.server.inFlight;
   const warnStart = app.console.warn.length;
@@ -149,7 +149,7 @@ async function loadStep(job, device, app, step, index) {
   return {
     op: 'load', ms, results,
     requests: c.requests, request_urls: c.requestUrls, max_in_flight: c.maxInFlight, overflows: c.overflows,
-    bytes_downloaded: c.bytesDownloaded, bytes_written: c.bytesWritten, files_written: c.filesWritten,
+    bytes_downloaded: c.bytesDownloaded, bytes_written: c.bytesWritten, files_written: c.filesWritten, digests: c.digests,
     storage_writes: c.storageWrites, require_async: c.requireAsync,
     server_requests: device.server ? device.server.log.slice(serverLog) : [],
     server_max_in_flight: device.server ? device.server.maxInFlight : 0,
