@@ -425,6 +425,20 @@ def compare_weights(converter_json: Path, bundler_json: Path) -> dict[str, Any]:
 # --- the run --------------------------------------------------------------------------------
 
 
+def merge_results(work: Path, key: str, results: dict[str, Any]) -> Path:
+    """Write `results` under `key` of work/results.json, keeping the other benches' keys."""
+    path = work / "results.json"
+    try:
+        merged = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(merged, dict):
+            merged = {}
+    except (OSError, ValueError):
+        merged = {}
+    merged[key] = results
+    path.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

@@ -40,7 +40,6 @@ Usage: .venv/bin/python bench/watch.py [--repeat N]   (bench/run.py runs it afte
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import queue
@@ -60,6 +59,7 @@ from run import (
     bundler_build,
     manifest,
     median,
+    merge_results,
     prepare_models,
     say,
     source_digest,
@@ -482,15 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             "changed_during_run": digest_before != digest_after,
         },
     }
-    path = work / "results.json"
-    try:
-        merged = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(merged, dict):
-            merged = {}
-    except (OSError, ValueError):
-        merged = {}
-    merged["watch"] = results  # the main bench's keys stay as they are
-    path.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+    path = merge_results(work, "watch", results)
     print_table(results)
     print(f"\nwrote the `watch` key of {path}; log in {logs / 'watch.log'}")
     return 0

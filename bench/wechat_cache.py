@@ -41,7 +41,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from run import BENCH, BUNDLER, checked, measure, median, say, source_digest, versions
+from run import (
+    BENCH,
+    BUNDLER,
+    checked,
+    measure,
+    median,
+    merge_results,
+    say,
+    source_digest,
+    versions,
+)
 
 from bundler import limits
 from bundler.verify_node import ensure_packages, ensure_tfjs
@@ -384,15 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             "changed_during_run": digest_before != digest_after,
         },
     }
-    path = work / "results.json"
-    try:
-        merged = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(merged, dict):
-            merged = {}
-    except (OSError, ValueError):
-        merged = {}
-    merged["wechat_cache"] = results  # the other keys stay as they are
-    path.write_text(json.dumps(merged, indent=1) + "\n", encoding="utf-8")
+    path = merge_results(work, "wechat_cache", results)
     print_table(results)
     print(f"\nwrote the `wechat_cache` key of {path}; log in {logs / 'wechat_cache.log'}")
     return 0

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -231,16 +231,13 @@ def _watch(args: argparse.Namespace, err: Console) -> int:
 
     out = _stdout()
     view = _WatchView(out, err, verbose=args.verbose)
-    try:
-        watch.watch(
+    return _until_stopped(
+        view,
+        err,
+        lambda: watch.watch(
             args.manifest, on_event=view.on_event, stop=threading.Event(), progress=view.progress
-        )
-    except KeyboardInterrupt:
-        pass
-    finally:
-        view.close()
-    err.print("stopped")
-    return EXIT_OK
+        ),
+    )
 
 
 def _serve(args: argparse.Namespace, err: Console) -> int:
@@ -257,15 +254,24 @@ def _serve(args: argparse.Namespace, err: Console) -> int:
     def ready(server: Any) -> None:
         out.print(f"serving [bold]{_escape(server.url)}[/] (Ctrl-C to stop)")
 
-    try:
-        serve.serve(
+    return _until_stopped(
+        view,
+        err,
+        lambda: serve.serve(
             args.manifest,
             port=args.port,
             on_event=view.on_event,
             stop=threading.Event(),
             on_ready=ready,
             progress=view.progress,
-        )
+        ),
+    )
+
+
+def _until_stopped(view: _WatchView, err: Console, run: Callable[[], None]) -> int:
+    """Run a watching command until Ctrl-C; leave the terminal tidy."""
+    try:
+        run()
     except KeyboardInterrupt:
         pass
     finally:
