@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,9 @@ class Entry:
 
     folder: Path
     meta: dict[str, Any]
+    # The files' bytes, read once: `get` reads them all to check their hashes, and the
+    # targets read the same files again (model.json several times per build).
+    contents: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def files(self) -> dict[str, str]:
@@ -108,7 +111,9 @@ class Entry:
 
     def read(self, name: str) -> bytes:
         """The bytes of one artifact file."""
-        return (self.folder / name).read_bytes()
+        if name not in self.contents:
+            self.contents[name] = (self.folder / name).read_bytes()
+        return self.contents[name]
 
     def verify_data(
         self,
@@ -124,7 +129,7 @@ class Entry:
         """Record verification results (tfjs version → max abs error) in the entry."""
         meta = {**self.meta, "errors": {**self.meta.get("errors", {}), **errors}}
         _write_json(self.folder / ENTRY_FILE, meta)
-        return Entry(self.folder, meta)
+        return Entry(self.folder, meta, self.contents)
 
 
 class Cache:
@@ -144,8 +149,10 @@ class Cache:
             return None
         try:
             meta = json.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))
+            contents = {}
             for name, digest in meta["files"].items():
-                if _sha256((folder / name).read_bytes()) != digest:
+                contents[name] = (folder / name).read_bytes()
+                if _sha256(contents[name]) != digest:
                     raise ValueError(f"{name} does not match its hash")
             if _sha256((folder / VERIFY_FILE).read_bytes()) != meta["verify_sha256"]:
                 raise ValueError(f"{VERIFY_FILE} does not match its hash")
@@ -153,7 +160,7 @@ class Cache:
             log.warning("cache entry %s is damaged (%s); converting again", folder, err)
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        return Entry(folder, meta)
+        return Entry(folder, meta, contents)
 
     def put(
         self,
@@ -186,7 +193,7 @@ class Cache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return Entry(final, full)
+        return Entry(final, full, dict(files))
 
 
 def _sha256(data: bytes) -> str:
