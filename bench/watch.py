@@ -66,8 +66,8 @@ from run import (
     versions,
 )
 
-from bundler import watch as bundler_watch
 from bundler.build import REPORT_FILE
+from bundler.dev import watch as bundler_watch
 from bundler.render import TEMPLATES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow loads later, in this process

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bundler import __version__, artifacts, cache, emit, manifest
-from bundler.cache import Cache, Entry
-from bundler.convert import Converted
+from bundler import __version__, emit, manifest
 from bundler.errors import ModelError
 from bundler.manifest import Config, ModelConfig
-from bundler.verify import Check, verify
+from bundler.models import cache, pack
+from bundler.models.cache import Cache, Entry
+from bundler.models.convert import Converted
+from bundler.models.verify import Check, verify
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def build(config: Config, progress: Progress | None = None) -> Result:
         "warnings": warnings,
     }
     if "wechat" in config.project.targets:
-        from bundler import wechat
+        from bundler.targets.wechat import target as wechat
 
         built = wechat.build(config, [(m, entries[m.name]) for m in config.models], say)
         files.update(built.files)
@@ -91,7 +92,7 @@ def build(config: Config, progress: Progress | None = None) -> Result:
         for report in model_reports:
             report["delivery"] = built.delivery[report["name"]]
     if "web" in config.project.targets:
-        from bundler import web
+        from bundler.targets.web import target as web
 
         site = web.build(config, [(m, entries[m.name]) for m in config.models], say)
         files.update(site.files)
@@ -122,7 +123,9 @@ def _artifacts(
         f"converting {model.name} ({model.input.kind} → {model.format}, "
         f"quantize {_quantize_label(model)})"
     )
-    from bundler.convert import convert  # imports nothing heavy itself; TensorFlow loads lazily
+    from bundler.models.convert import (
+        convert,  # imports nothing heavy itself; TensorFlow loads lazily
+    )
 
     converted = conversions.get((model.source, model.format))
     if converted is None:
@@ -133,15 +136,13 @@ def _artifacts(
                 raise
             raise ModelError(f'model "{model.name}": {err}') from err
         conversions[(model.source, model.format)] = converted
-    files, packed = artifacts.build_files(converted, model.quantize, cap, quality)
+    files, packed = pack.build_files(converted, model.quantize, cap, quality)
     meta = {
         "hash": key[:HASH_LENGTH],
         "params": _params(converted),
         "source_bytes": cache.source_bytes(model),
         "weight_bytes": packed.weight_bytes,
-        "brotli_bytes": sum(
-            len(files[name + artifacts.BROTLI_SUFFIX]) for name, _ in packed.shards
-        ),
+        "brotli_bytes": sum(len(files[name + pack.BROTLI_SUFFIX]) for name, _ in packed.shards),
         "shards": len(packed.shards),
         "errors": {},
     }
@@ -152,7 +153,7 @@ def _artifacts(
 
 
 def _params(converted: Any) -> int:
-    from bundler.weights import param_count
+    from bundler.models.weights import param_count
 
     return param_count(converted.groups)
 
@@ -179,7 +180,7 @@ def _verify_all(config: Config, entries: dict[str, Entry], say: Progress) -> lis
             checks.append(
                 Check(
                     name=m.name,
-                    model_json=entry.folder / artifacts.MODEL_JSON,
+                    model_json=entry.folder / pack.MODEL_JSON,
                     format=m.format,
                     inputs=tuple(inputs),
                     reference=tuple(reference) if reference else None,

@@ -227,7 +227,7 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
 def _watch(args: argparse.Namespace, err: Console) -> int:
     import threading
 
-    from bundler import watch
+    from bundler.dev import watch
 
     out = _stdout()
     view = _WatchView(out, err, verbose=args.verbose)
@@ -243,7 +243,7 @@ def _watch(args: argparse.Namespace, err: Console) -> int:
 def _serve(args: argparse.Namespace, err: Console) -> int:
     import threading
 
-    from bundler import serve
+    from bundler.dev import serve
 
     if not 0 <= args.port <= 65535:
         err.print(f"[bold red]error:[/] --port {args.port} is not a port number (0 to 65535)")
@@ -294,7 +294,7 @@ class _WatchView:
         self.last_table: str | None = None
 
     def on_event(self, event: Any) -> None:
-        from bundler import watch
+        from bundler.dev import watch
 
         if isinstance(event, watch.Started):
             self.started = time.perf_counter()

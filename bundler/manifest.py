@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bundler import limits, sources
+from bundler import limits
 from bundler.errors import ManifestError
+from bundler.models import sources
 
 DEFAULT_MANIFEST = "bundle.toml"
 

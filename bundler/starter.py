@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bundler import manifest, weights
+from bundler import manifest
 from bundler.errors import BundlerError
+from bundler.models import weights
 from bundler.render import render
 
 MODEL_DIR = "models/starter"

@@ -24,7 +24,7 @@ import pytest
 from conftest import Isolated, SourceModels, needs_node
 
 from bundler import build, manifest
-from bundler.cache import ENTRY_FILE
+from bundler.models.cache import ENTRY_FILE
 
 pytestmark = [pytest.mark.slow, needs_node]
 

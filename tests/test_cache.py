@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bundler import cache, sources
-from bundler.cache import Cache
 from bundler.manifest import ModelConfig, Quantize
+from bundler.models import cache, sources
+from bundler.models.cache import Cache
 
 OPTIONS = {"shard_cap": 2080768, "brotli_quality": 9}
 

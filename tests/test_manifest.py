@@ -9,9 +9,10 @@ from pathlib import Path
 import h5py
 import pytest
 
-from bundler import limits, manifest, sources, starter
+from bundler import limits, manifest, starter
 from bundler.errors import ManifestError
 from bundler.manifest import Quantize
+from bundler.models import sources
 
 STARTER = 'name = "digits"\nsource = "models/starter/model.json"\n'
 SAFE_NAME_RULE = (

@@ -8,7 +8,7 @@ import pytest
 
 from bundler.errors import PlanError
 from bundler.limits import KB, MB, WechatLimits
-from bundler.plan import ModelFiles, Plan, plan
+from bundler.targets.wechat.plan import ModelFiles, Plan, plan
 
 LIMITS = WechatLimits()
 PAGES = ["pages/index/index", "pages/big/index"]

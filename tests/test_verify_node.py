@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bundler import verify_node
 from bundler.errors import ToolError
-from bundler.verify_node import NodeJob, ensure_tfjs, run_in_tfjs
+from bundler.models import verify_node
+from bundler.models.verify_node import NodeJob, ensure_tfjs, run_in_tfjs
 
 VERSIONS = ("3.21.0", "4.22.0")
 

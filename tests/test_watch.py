@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bundler import starter, watch
+from bundler import starter
 from bundler.build import Progress, Result
+from bundler.dev import watch
 from bundler.errors import BundlerError, ManifestError
 from bundler.manifest import Config
 

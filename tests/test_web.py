@@ -22,8 +22,10 @@ from pathlib import Path
 import brotli
 import pytest
 
-from bundler import build, cli, manifest, serve, starter, web
-from bundler.verify_node import ensure_tfjs
+from bundler import build, cli, manifest, starter
+from bundler.dev import serve
+from bundler.models.verify_node import ensure_tfjs
+from bundler.targets.web import target as web
 
 needs_node = pytest.mark.needs_node
 
@@ -427,7 +429,7 @@ def test_serve_follows_the_builds_and_tells_the_pages(tmp_path: Path) -> None:
     import queue
     import threading
 
-    from bundler import watch
+    from bundler.dev import watch
 
     manifest_path = _project(tmp_path)
     model_json = tmp_path / "models/starter/model.json"

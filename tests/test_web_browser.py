@@ -31,7 +31,9 @@ import pytest
 from conftest import needs_node
 from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
 
-from bundler import serve, starter, watch, weights
+from bundler import starter
+from bundler.dev import serve, watch
+from bundler.models import weights
 
 pytestmark = [pytest.mark.slow, needs_node]
 

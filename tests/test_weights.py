@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bundler import weights
 from bundler.errors import ModelError
-from bundler.weights import Weight
+from bundler.models import weights
+from bundler.models.weights import Weight
 
 # tensorflow_decision_forests (pulled in by tensorflowjs) prints a banner through IPython.
 os.environ["TFDF_DISABLE_WELCOME_MESSAGE"] = "1"

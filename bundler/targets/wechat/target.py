@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundler import limits, plan
-from bundler.artifacts import BROTLI_SUFFIX, MODEL_JSON
-from bundler.cache import Entry
+from bundler import limits
 from bundler.errors import PlanError
 from bundler.manifest import Config, ModelConfig
+from bundler.models.cache import Entry
+from bundler.models.pack import BROTLI_SUFFIX, MODEL_JSON
+from bundler.models.verify_node import ensure_packages
 from bundler.render import render
-from bundler.verify_node import ensure_packages
+from bundler.targets.wechat import plan
 
 WECHAT_DIR = "wechat"
 REMOTE_DIR = "remote"
@@ -482,7 +483,7 @@ def _shard_names(entry: Entry) -> list[str]:
 
 
 def _input_specs(entry: Entry) -> list[tuple[str, list[int | None], str]]:
-    from bundler.convert import input_specs
+    from bundler.models.convert import input_specs
 
     return input_specs(json.loads(entry.read(MODEL_JSON)))
 

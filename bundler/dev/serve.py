@@ -7,7 +7,7 @@ content-hashed folder and `no-cache` (with an ETag, so a revalidation costs a 30
 rest. The one thing it adds: the HTML pages it sends get a small script that listens to
 `/__bundler/events` (server-sent events) and reloads the page after each rebuild.
 
-The watcher (bundler/watch.py) runs in the calling thread; the HTTP server in threads of its
+The watcher (bundler/dev/watch.py) runs in the calling thread; the HTTP server in threads of its
 own. Each request looks the files up again, so a rebuild (an atomic swap of `out`) is seen at
 once and a reader never gets half a bundle.
 """
@@ -30,11 +30,13 @@ from pathlib import Path
 
 import brotli
 
-from bundler import manifest, watch, web
-from bundler.artifacts import BROTLI_SUFFIX
+from bundler import manifest
 from bundler.build import Progress
+from bundler.dev import watch
 from bundler.errors import BundlerError
+from bundler.models.pack import BROTLI_SUFFIX
 from bundler.render import TEMPLATES
+from bundler.targets.web import target as web
 
 log = logging.getLogger(__name__)
 

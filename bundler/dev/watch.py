@@ -31,10 +31,11 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from bundler import build, manifest, sources
+from bundler import build, manifest
 from bundler.build import Progress, Result
 from bundler.errors import ManifestError
 from bundler.manifest import Config
+from bundler.models import sources
 from bundler.render import TEMPLATES
 
 log = logging.getLogger(__name__)

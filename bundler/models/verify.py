@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bundler.errors import VerifyError
-from bundler.verify_node import NodeJob, NodeResult, ensure_tfjs, run_in_tfjs
+from bundler.models.verify_node import NodeJob, NodeResult, ensure_tfjs, run_in_tfjs
 
 _SOURCE_SUFFIX = "#source"
 

@@ -33,11 +33,11 @@ import brotli
 import numpy as np
 
 from bundler import limits
-from bundler.artifacts import BROTLI_SUFFIX, MODEL_JSON
-from bundler.cache import Entry
 from bundler.manifest import Config, ModelConfig
+from bundler.models.cache import Entry
+from bundler.models.pack import BROTLI_SUFFIX, MODEL_JSON
+from bundler.models.verify_node import ensure_tfjs
 from bundler.render import render
-from bundler.verify_node import ensure_tfjs
 
 WEB_DIR = "web"
 INDEX = "index.html"
@@ -182,7 +182,7 @@ def _tfjs_min(version: str, say: Callable[[str], None]) -> bytes:
 
 def _model_data(m: ModelConfig, entry: Entry) -> dict[str, Any]:
     """What the loader knows of a model: where it is, how big, what it takes."""
-    from bundler.convert import input_specs
+    from bundler.models.convert import input_specs
 
     doc = json.loads(entry.read(MODEL_JSON))
     shards = [p for group in doc.get("weightsManifest", []) for p in group["paths"]]

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from bundler import __version__, sources
+from bundler import __version__
 from bundler.manifest import ModelConfig
+from bundler.models import sources
 
 log = logging.getLogger(__name__)
 

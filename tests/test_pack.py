@@ -10,11 +10,11 @@ import brotli
 import numpy as np
 import pytest
 
-from bundler import artifacts
-from bundler.convert import Converted
 from bundler.errors import PlanError
 from bundler.manifest import Quantize
-from bundler.weights import Weight
+from bundler.models import pack
+from bundler.models.convert import Converted
+from bundler.models.weights import Weight
 
 CAP = 8192
 NONE = Quantize("none")
@@ -48,7 +48,7 @@ def converted(size: int = 12_500, seed: int = 3, incompressible: bool = True) ->
 
 def test_canonical_json_sorts_keys_everywhere_and_drops_spaces() -> None:
     doc = {"b": 1, "a": {"d": [{"z": 1, "y": 2}], "c": None}, "é": "ü"}
-    assert artifacts.canonical_json(doc) == (
+    assert pack.canonical_json(doc) == (
         '{"a":{"c":null,"d":[{"y":2,"z":1}]},"b":1,"é":"ü"}'.encode()
     )
 
@@ -58,7 +58,7 @@ def test_canonical_json_keeps_the_signature_order() -> None:
         "signature": {"outputs": {"b": {"y": 1, "x": 2}, "a": {}}, "inputs": {"z": {}, "y": {}}},
         "modelTopology": {"node": [{"op": "Const", "name": "a"}]},
     }
-    assert artifacts.canonical_json(doc) == (
+    assert pack.canonical_json(doc) == (
         b'{"modelTopology":{"node":[{"name":"a","op":"Const"}]},'
         b'"signature":{"outputs":{"b":{"y":1,"x":2},"a":{}},"inputs":{"z":{},"y":{}}}}'
     )
@@ -67,14 +67,14 @@ def test_canonical_json_keeps_the_signature_order() -> None:
 def test_canonical_json_is_the_same_for_reordered_input() -> None:
     one = {"a": 1, "b": {"c": 2, "d": 3}}
     two = {"b": {"d": 3, "c": 2}, "a": 1}
-    assert artifacts.canonical_json(one) == artifacts.canonical_json(two)
+    assert pack.canonical_json(one) == pack.canonical_json(two)
 
 
 # --- build_files ----------------------------------------------------------------------------
 
 
 def test_every_brotli_shard_fits_the_cap_for_incompressible_weights() -> None:
-    files, packed = artifacts.build_files(converted(), NONE, CAP, 9)
+    files, packed = pack.build_files(converted(), NONE, CAP, 9)
     shard_names = [name for name, _ in packed.shards]
     count = len(shard_names)
     assert count > 50_000 // CAP
@@ -88,7 +88,7 @@ def test_every_brotli_shard_fits_the_cap_for_incompressible_weights() -> None:
 
 
 def test_files_are_model_json_first_then_each_shard_beside_its_brotli_copy() -> None:
-    files, packed = artifacts.build_files(converted(), NONE, CAP, 9)
+    files, packed = pack.build_files(converted(), NONE, CAP, 9)
     expected = ["model.json", "model.json.br"]
     for name, _ in packed.shards:
         expected += [name, name + ".br"]
@@ -97,18 +97,18 @@ def test_files_are_model_json_first_then_each_shard_beside_its_brotli_copy() -> 
 
 
 def test_model_json_is_canonical_and_names_the_shards() -> None:
-    files, packed = artifacts.build_files(converted(), NONE, CAP, 9)
+    files, packed = pack.build_files(converted(), NONE, CAP, 9)
     doc = json.loads(files["model.json"])
     assert doc["weightsManifest"] == packed.manifest
     assert doc["weightsManifest"][0]["paths"] == [name for name, _ in packed.shards]
-    assert files["model.json"] == artifacts.canonical_json(doc)
+    assert files["model.json"] == pack.canonical_json(doc)
     assert list(doc["signature"]["inputs"]) == ["y", "x"]
     assert brotli.decompress(files["model.json.br"]) == files["model.json"]
 
 
 def test_same_input_gives_byte_identical_files() -> None:
-    first, _ = artifacts.build_files(converted(), NONE, CAP, 9)
-    second, _ = artifacts.build_files(converted(), NONE, CAP, 9)
+    first, _ = pack.build_files(converted(), NONE, CAP, 9)
+    second, _ = pack.build_files(converted(), NONE, CAP, 9)
     assert first == second
     assert list(first) == list(second)
 
@@ -120,18 +120,18 @@ def test_compressible_weights_are_cut_at_the_cap_before_brotli() -> None:
         (),
         None,
     )
-    _, packed = artifacts.build_files(zeros, NONE, CAP, 9)
+    _, packed = pack.build_files(zeros, NONE, CAP, 9)
     assert [len(data) for _, data in packed.shards] == [CAP] * 4 + [40_000 - 4 * CAP]
 
 
 def test_quantized_shards_hold_the_quantized_bytes() -> None:
     uint8 = Quantize("uint8", (("uint8", ("*",)),))
-    files, packed = artifacts.build_files(converted(incompressible=False), uint8, CAP, 9)
+    files, packed = pack.build_files(converted(incompressible=False), uint8, CAP, 9)
     assert packed.weight_bytes == 12_500 + 10
     assert all(len(files[name + ".br"]) <= CAP for name, _ in packed.shards)
 
 
 def test_a_cap_no_shard_can_fit_is_a_plan_error() -> None:
     with pytest.raises(PlanError) as info:
-        artifacts.build_files(converted(), NONE, 1024, 9)
+        pack.build_files(converted(), NONE, 1024, 9)
     assert str(info.value) == "no shard size fits a brotli budget of 1024 bytes"

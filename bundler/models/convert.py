@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from bundler import sources, weights
 from bundler.errors import ModelError
 from bundler.manifest import ModelConfig
+from bundler.models import sources, weights
 
 log = logging.getLogger(__name__)
 

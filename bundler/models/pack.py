@@ -9,10 +9,11 @@ from typing import Any
 
 import brotli
 
-from bundler import limits, weights
-from bundler.convert import Converted
+from bundler import limits
 from bundler.errors import PlanError
 from bundler.manifest import Quantize
+from bundler.models import weights
+from bundler.models.convert import Converted
 
 MODEL_JSON = "model.json"
 BROTLI_SUFFIX = ".br"

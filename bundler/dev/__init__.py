@@ -1,0 +1,1 @@
+"""What runs while a user works: `bundler watch` and `bundler serve`."""

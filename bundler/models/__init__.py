@@ -1,0 +1,1 @@
+"""The model stage: a manifest's models → converted, quantized, sharded, verified artifacts."""

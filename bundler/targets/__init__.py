@@ -1,0 +1,1 @@
+"""The targets: each renders the files of one platform from the models' artifacts."""

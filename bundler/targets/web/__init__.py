@@ -1,0 +1,1 @@
+"""The static web site target."""
