@@ -45,6 +45,16 @@ def one_problem(problem: str) -> str:
     return f"bundle.toml has 1 problem:\n  - {problem}"
 
 
+def in_table(table: str, line: str) -> str:
+    """A manifest with `line` in `[table]`, then the starter model."""
+    return f"[{table}]\n{line}\n\n[[models]]\n{STARTER}"
+
+
+def in_model(line: str) -> str:
+    """A manifest with the starter model and `line` added to it."""
+    return f"[[models]]\n{STARTER}{line}\n"
+
+
 def write_graph_model(folder: Path) -> Path:
     """A weightless tfjs GraphModel: enough for `sources.detect`."""
     folder.mkdir(parents=True)
@@ -97,32 +107,17 @@ def test_manifest_outside_the_working_folder_is_named_by_its_absolute_path(
     )
 
 
-# --- keys -----------------------------------------------------------------------------------
-
-
-def test_unknown_top_level_key_suggests_the_close_one(project: Path) -> None:
-    text = f'[projet]\nname = "x"\n\n[[models]]\n{STARTER}'
-    assert error_of(project, text) == one_problem('projet: unknown key (did you mean "project"?)')
-
-
-def test_unknown_model_key_suggests_the_close_one(project: Path) -> None:
-    text = f'[[models]]\n{STARTER}quantise = "uint8"\n'
-    assert error_of(project, text) == one_problem(
-        'models[0].quantise: unknown key (did you mean "quantize"?)'
-    )
-
-
-def test_unknown_key_without_a_close_match_lists_the_allowed_keys(project: Path) -> None:
-    text = f'[project]\ncolour = "red"\n\n[[models]]\n{STARTER}'
-    assert error_of(project, text) == one_problem(
-        "project.colour: unknown key (allowed: name, out, targets, cache_dir, verify, "
-        "brotli_quality, shard_bytes)"
-    )
+# --- one bad line, one problem --------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("line", "problem"),
     [
+        (
+            'colour = "red"',
+            "project.colour: unknown key (allowed: name, out, targets, cache_dir, verify, "
+            "brotli_quality, shard_bytes)",
+        ),
         ("out = 3", "project.out: expected a string, got 3 (integer)"),
         ('verify = "yes"', 'project.verify: expected true or false, got "yes" (string)'),
         ('targets = "web"', 'project.targets: expected an array, got "web" (string)'),
@@ -131,78 +126,145 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys(project: Path)
             "project.brotli_quality: expected an integer, got true (boolean)",
         ),
         ("shard_bytes = 1.5", "project.shard_bytes: expected an integer, got 1.5 (float)"),
+        (
+            'targets = ["web", "wechta"]',
+            'project.targets[1]: "wechta" is not a target; expected "wechat" or "web" '
+            '(did you mean "wechat"?)',
+        ),
+        (
+            'targets = ["ios"]',
+            'project.targets[0]: "ios" is not a target; expected "wechat" or "web"',
+        ),
+        ('targets = ["web", "web"]', 'project.targets[1]: "web" is listed twice'),
+        ("targets = []", 'project.targets: no target; expected one or both of "wechat" or "web"'),
+    ],
+    ids=[
+        "unknown-key-lists-the-allowed-keys",
+        "out-not-a-string",
+        "verify-not-a-boolean",
+        "targets-not-an-array",
+        "brotli-quality-not-an-integer",
+        "shard-bytes-not-an-integer",
+        "misspelt-target-did-you-mean",
+        "unknown-target",
+        "target-listed-twice",
+        "no-target",
     ],
 )
-def test_wrong_type_names_the_key_the_value_and_its_type(
-    project: Path, line: str, problem: str
+def test_one_bad_project_line_is_one_problem(project: Path, line: str, problem: str) -> None:
+    assert error_of(project, in_table("project", line)) == one_problem(problem)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ('quantise = "uint8"', 'models[0].quantise: unknown key (did you mean "quantize"?)'),
+        (
+            'format = "graf"',
+            'models[0].format: "graf" is not allowed; expected "graph" or "layers" '
+            '(did you mean "graph"?)',
+        ),
+        (
+            'format = "onnx"',
+            'models[0].format: "onnx" is not allowed; expected "graph" or "layers"',
+        ),
+        (
+            'quantize = "unit8"',
+            'models[0].quantize: "unit8" is not allowed; expected "none", "float16", "uint16" or '
+            '"uint8" or a table of weight-name patterns per dtype (did you mean "uint8"?)',
+        ),
+        (
+            'quantize = {int4 = ["*"]}',
+            'models[0].quantize.int4: unknown key (did you mean "uint8"?)',
+        ),
+        (
+            "quantize = {uint8 = []}",
+            "models[0].quantize.uint8: expected an array of weight-name patterns such as "
+            '["dense*"], got []',
+        ),
+        (
+            "quantize = {}",
+            'models[0].quantize: empty table; name at least one of "float16", "uint16" or "uint8"',
+        ),
+    ],
+    ids=[
+        "unknown-key-did-you-mean",
+        "misspelt-format-did-you-mean",
+        "unknown-format-lists-the-choices",
+        "misspelt-quantize-dtype-did-you-mean",
+        "quantize-table-unknown-dtype-did-you-mean",
+        "quantize-table-without-patterns",
+        "quantize-empty-table",
+    ],
+)
+def test_one_bad_model_line_is_one_problem(project: Path, line: str, problem: str) -> None:
+    assert error_of(project, in_model(line)) == one_problem(problem)
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "problem"),
+    [
+        (
+            "wechat",
+            'remote_base_url = "http://cdn.example.com/m"',
+            'wechat.remote_base_url: "http://cdn.example.com/m" is not an https:// URL '
+            "(WeChat downloads over HTTPS only)",
+        ),
+        (
+            "wechat.limits",
+            "subpackage_byte = 1",
+            'wechat.limits.subpackage_byte: unknown key (did you mean "subpackage_bytes"?)',
+        ),
+        (
+            "wechat.limits",
+            "subpackage_bytes = 0",
+            "wechat.limits.subpackage_bytes: 0 must be greater than 0",
+        ),
+        (
+            "wechat.limits",
+            "subpackage_reserve_bytes = 2097152",
+            "wechat.limits.subpackage_reserve_bytes: 2097152 leaves no room for weights in a "
+            "subpackage of 2097152 bytes",
+        ),
+    ],
+    ids=[
+        "remote-base-url-not-https",
+        "unknown-limit-did-you-mean",
+        "zero-limit",
+        "reserve-fills-the-subpackage",
+    ],
+)
+def test_one_bad_wechat_line_is_one_problem(
+    project: Path, table: str, line: str, problem: str
 ) -> None:
-    text = f"[project]\n{line}\n\n[[models]]\n{STARTER}"
+    assert error_of(project, in_table(table, line)) == one_problem(problem)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (in_table("projet", 'name = "x"'), 'projet: unknown key (did you mean "project"?)'),
+        ('[project]\nname = "x"\n', "models: required: add at least one [[models]] table"),
+        ('[[models]]\nname = "digits"\n', "models[0].source: required"),
+        (
+            '[[models]]\nname = "Digits"\nsource = "models/starter/model.json"\n\n'
+            '[[models]]\nname = "digits"\nsource = "models/starter/model.json"\n',
+            'models[1].name: "digits" is already the name of models[0]; '
+            "model names must be unique (ignoring case)",
+        ),
+    ],
+    ids=[
+        "unknown-top-level-table-did-you-mean",
+        "no-models",
+        "model-without-source",
+        "model-name-twice-ignoring-case",
+    ],
+)
+def test_bad_manifest_is_one_problem(project: Path, text: str, problem: str) -> None:
     assert error_of(project, text) == one_problem(problem)
 
 
-def test_bad_format_suggests_the_close_choice(project: Path) -> None:
-    text = f'[[models]]\n{STARTER}format = "graf"\n'
-    assert error_of(project, text) == one_problem(
-        'models[0].format: "graf" is not allowed; expected "graph" or "layers" '
-        '(did you mean "graph"?)'
-    )
-
-
-def test_bad_format_without_a_close_choice_lists_the_choices(project: Path) -> None:
-    text = f'[[models]]\n{STARTER}format = "onnx"\n'
-    assert error_of(project, text) == one_problem(
-        'models[0].format: "onnx" is not allowed; expected "graph" or "layers"'
-    )
-
-
-def test_misspelt_quantize_dtype_suggests_the_close_one(project: Path) -> None:
-    text = f'[[models]]\n{STARTER}quantize = "unit8"\n'
-    assert error_of(project, text) == one_problem(
-        'models[0].quantize: "unit8" is not allowed; expected "none", "float16", "uint16" or '
-        '"uint8" or a table of weight-name patterns per dtype (did you mean "uint8"?)'
-    )
-
-
-# --- targets --------------------------------------------------------------------------------
-
-
-def test_misspelt_target_suggests_the_close_one(project: Path) -> None:
-    text = f'[project]\ntargets = ["web", "wechta"]\n\n[[models]]\n{STARTER}'
-    assert error_of(project, text) == one_problem(
-        'project.targets[1]: "wechta" is not a target; expected "wechat" or "web" '
-        '(did you mean "wechat"?)'
-    )
-
-
-def test_unknown_target_without_a_close_match(project: Path) -> None:
-    text = f'[project]\ntargets = ["ios"]\n\n[[models]]\n{STARTER}'
-    assert error_of(project, text) == one_problem(
-        'project.targets[0]: "ios" is not a target; expected "wechat" or "web"'
-    )
-
-
-def test_target_listed_twice(project: Path) -> None:
-    text = f'[project]\ntargets = ["web", "web"]\n\n[[models]]\n{STARTER}'
-    assert error_of(project, text) == one_problem('project.targets[1]: "web" is listed twice')
-
-
-def test_no_target(project: Path) -> None:
-    text = f"[project]\ntargets = []\n\n[[models]]\n{STARTER}"
-    assert error_of(project, text) == one_problem(
-        'project.targets: no target; expected one or both of "wechat" or "web"'
-    )
-
-
 # --- model names ----------------------------------------------------------------------------
-
-
-def test_duplicate_model_names_are_found_ignoring_case(project: Path) -> None:
-    source = 'source = "models/starter/model.json"\n'
-    text = f'[[models]]\nname = "Digits"\n{source}\n[[models]]\nname = "digits"\n{source}'
-    assert error_of(project, text) == one_problem(
-        'models[1].name: "digits" is already the name of models[0]; '
-        "model names must be unique (ignoring case)"
-    )
 
 
 @pytest.mark.parametrize(
@@ -214,6 +276,7 @@ def test_duplicate_model_names_are_found_ignoring_case(project: Path) -> None:
         ('""', '""'),
         ('"1st"', '"1st"'),
     ],
+    ids=["dot-dot", "slash", "double-quote", "empty", "leading-digit"],
 )
 def test_unsafe_model_name_is_rejected(project: Path, toml_value: str, shown: str) -> None:
     text = f'[[models]]\nname = {toml_value}\nsource = "models/starter/model.json"\n'
@@ -221,12 +284,6 @@ def test_unsafe_model_name_is_rejected(project: Path, toml_value: str, shown: st
 
 
 # --- sources --------------------------------------------------------------------------------
-
-
-def test_model_without_source(project: Path) -> None:
-    assert error_of(project, '[[models]]\nname = "digits"\n') == one_problem(
-        "models[0].source: required"
-    )
 
 
 def test_missing_source_names_the_resolved_path(project: Path) -> None:
@@ -242,12 +299,6 @@ def test_layers_format_from_a_tfjs_graph_model_is_rejected(project: Path) -> Non
     assert error_of(project, text) == one_problem(
         'models[0].format: "layers" cannot be made from a TensorFlow.js graph model '
         '("models/graph/model.json"); use format = "graph"'
-    )
-
-
-def test_no_models_at_all(project: Path) -> None:
-    assert error_of(project, '[project]\nname = "x"\n') == one_problem(
-        "models: required: add at least one [[models]] table"
     )
 
 
@@ -299,28 +350,6 @@ def test_quantize_dtype_string_quantizes_every_weight(project: Path) -> None:
     assert config.models[0].quantize == Quantize("uint16", (("uint16", ("*",)),))
 
 
-def test_quantize_table_with_an_unknown_dtype_is_rejected(project: Path) -> None:
-    text = f'[[models]]\n{STARTER}quantize = {{int4 = ["*"]}}\n'
-    assert error_of(project, text) == one_problem(
-        'models[0].quantize.int4: unknown key (did you mean "uint8"?)'
-    )
-
-
-def test_quantize_table_with_no_patterns_is_one_problem(project: Path) -> None:
-    text = f"[[models]]\n{STARTER}quantize = {{uint8 = []}}\n"
-    assert error_of(project, text) == one_problem(
-        'models[0].quantize.uint8: expected an array of weight-name patterns such as ["dense*"], '
-        "got []"
-    )
-
-
-def test_empty_quantize_table_is_rejected(project: Path) -> None:
-    text = f"[[models]]\n{STARTER}quantize = {{}}\n"
-    assert error_of(project, text) == one_problem(
-        'models[0].quantize: empty table; name at least one of "float16", "uint16" or "uint8"'
-    )
-
-
 # --- [wechat] -------------------------------------------------------------------------------
 
 
@@ -333,36 +362,6 @@ def test_wechat_limit_overrides_are_accepted(project: Path) -> None:
     assert config.wechat.limits.subpackage_bytes == 1048576
     assert config.wechat.limits.shard_budget_bytes == 1048576 - 8192
     assert config.wechat.limits.total_bytes == limits.WechatLimits().total_bytes
-
-
-def test_unknown_wechat_limit_is_rejected(project: Path) -> None:
-    text = f"[wechat.limits]\nsubpackage_byte = 1\n\n[[models]]\n{STARTER}"
-    assert error_of(project, text) == one_problem(
-        'wechat.limits.subpackage_byte: unknown key (did you mean "subpackage_bytes"?)'
-    )
-
-
-def test_zero_wechat_limit_is_rejected(project: Path) -> None:
-    text = f"[wechat.limits]\nsubpackage_bytes = 0\n\n[[models]]\n{STARTER}"
-    assert error_of(project, text) == one_problem(
-        "wechat.limits.subpackage_bytes: 0 must be greater than 0"
-    )
-
-
-def test_reserve_that_fills_the_subpackage_is_rejected(project: Path) -> None:
-    text = f"[wechat.limits]\nsubpackage_reserve_bytes = 2097152\n\n[[models]]\n{STARTER}"
-    assert error_of(project, text) == one_problem(
-        "wechat.limits.subpackage_reserve_bytes: 2097152 leaves no room for weights in a "
-        "subpackage of 2097152 bytes"
-    )
-
-
-def test_remote_base_url_must_be_https(project: Path) -> None:
-    text = f'[wechat]\nremote_base_url = "http://cdn.example.com/m"\n\n[[models]]\n{STARTER}'
-    assert error_of(project, text) == one_problem(
-        'wechat.remote_base_url: "http://cdn.example.com/m" is not an https:// URL '
-        "(WeChat downloads over HTTPS only)"
-    )
 
 
 def test_https_remote_base_url_gets_a_trailing_slash(project: Path) -> None:
