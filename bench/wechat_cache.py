@@ -54,7 +54,7 @@ from run import (
 )
 
 from bundler import limits
-from bundler.models.verify_node import ensure_packages, ensure_tfjs
+from bundler.runtimes import ensure_packages, ensure_tfjs
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow loads here when the model is made
 os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")

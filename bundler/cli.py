@@ -155,6 +155,9 @@ def _build(args: argparse.Namespace, err: Console) -> int:
 
 
 def _print_report(out: Console, result: Any, out_dir: Path) -> None:
+    from bundler.targets.web.target import WebReport
+    from bundler.targets.wechat.target import WechatReport
+
     report = result.report
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for column in (
@@ -170,52 +173,53 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
     ):
         left = column in ("model", "format", "")
         table.add_column(column, justify="left" if left else "right", no_wrap=True)
-    for m in report["models"]:
-        errors = [e for e in m["max_abs_error"].values() if e is not None]
+    for m in report.models:
+        errors = [e for e in m.max_abs_error.values() if e is not None]
         error_text = f"{max(errors):.1e}" if errors else "-"
-        quantize = m["quantize"] if isinstance(m["quantize"], str) else "mixed"
-        state = "converted" if m["name"] in result.converted else "cached"
+        quantize = m.quantize if isinstance(m.quantize, str) else "mixed"
+        state = "converted" if m.name in result.converted else "cached"
         table.add_row(
-            m["name"],
-            m["format"],
+            m.name,
+            m.format,
             quantize,
-            f"{m['params']:,}",
-            _size(m["weight_bytes"]),
-            _size(m["brotli_bytes"]),
-            str(m["shards"]),
+            f"{m.params:,}",
+            _size(m.weight_bytes),
+            _size(m.brotli_bytes),
+            str(m.shards),
             error_text,
             state,
         )
     out.print(table)
-    if report.get("packages"):
+    wechat = report.target_reports.get("wechat")
+    if isinstance(wechat, WechatReport):
         packages = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for column in ("wechat package", "bytes", "limit", "used"):
             packages.add_column(column, justify="left" if column == "wechat package" else "right")
-        for p in report["packages"]:
-            used = p["bytes"] / p["limit"]
+        for p in wechat.packages:
+            used = p.bytes / p.limit
             packages.add_row(
-                p["root"],
-                _size(p["bytes"]),
-                _size(p["limit"]),
+                p.root,
+                _size(p.bytes),
+                _size(p.limit),
                 f"[red]{used:.0%}[/]" if used > 1 else f"{used:.0%}",
             )
         out.print(packages)
-        delivered = ", ".join(f"{m['name']}: {m['delivery']}" for m in report["models"])
+        delivered = ", ".join(f"{m.name}: {wechat.delivery[m.name]}" for m in report.models)
         out.print(f"wechat: {_escape(str(out_dir / 'wechat'))} (delivery: {delivered})")
-    if report.get("web"):
-        web = report["web"]
+    web = report.target_reports.get("web")
+    if isinstance(web, WebReport):
         out.print(
-            f"web: {_escape(str(out_dir / web['root']))} (first visit "
-            f"{_size(web['first_visit_brotli_bytes'])} with brotli; "
-            f"models cached in {web['cache']})"
+            f"web: {_escape(str(out_dir / web.root))} (first visit "
+            f"{_size(web.first_visit_brotli_bytes)} with brotli; "
+            f"models cached in {web.cache})"
         )
-    versions = sorted({v for m in report["models"] for v in m["max_abs_error"]})
+    versions = sorted({v for m in report.models for v in m.max_abs_error})
     if versions:
         out.print(
             f"max error: largest absolute difference from the source model, "
             f"over tfjs {', '.join(versions)}"
         )
-    for warning in report["warnings"]:
+    for warning in report.warnings:
         out.print(f"[yellow]warning:[/] {_escape(warning)}")
     where = _escape(str(out_dir))
     if result.written:
@@ -291,7 +295,7 @@ class _WatchView:
         self.started = 0.0
         self.watching: str | None = None  # shown after the build it was found in
         self.first = True
-        self.last_table: str | None = None
+        self.last_table: Any = None
 
     def on_event(self, event: Any) -> None:
         from bundler.dev import watch
@@ -329,7 +333,7 @@ class _WatchView:
 
     def _built(self, event: Any) -> None:
         result = event.result
-        table = json.dumps([result.report.get("models"), result.report.get("warnings")])
+        table = (result.report.models, result.report.warnings)
         if table != self.last_table:  # the table says what was converted, and the time
             self.last_table = table
             _print_report(self.out, result, event.config.project.out)

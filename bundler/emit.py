@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+# The folders write_tree makes beside `out`: the new tree being written, and the old one
+# moved out of the way where paths cannot be exchanged atomically.
+_NEW = "new"
+_OLD = "old"
 
 
 def unchanged(out: Path, files: Mapping[str, bytes]) -> bool:
@@ -31,6 +35,14 @@ def unchanged(out: Path, files: Mapping[str, bytes]) -> bool:
     return True
 
 
+def is_temporary(path: Path, out: Path) -> bool:
+    """True when `path` is one of write_tree's temporary folders beside `out`, or inside one."""
+    if path == out.parent or not path.is_relative_to(out.parent):
+        return False
+    first = path.relative_to(out.parent).parts[0]
+    return first.startswith((_temporary_prefix(out, _NEW), _temporary_prefix(out, _OLD)))
+
+
 def write_tree(out: Path, files: Mapping[str, bytes]) -> bool:
     """Make `out` hold exactly `files`; return False when it already did (nothing written).
 
@@ -41,7 +53,7 @@ def write_tree(out: Path, files: Mapping[str, bytes]) -> bool:
     if unchanged(out, files):
         return False
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(out, _NEW), dir=out.parent))
     try:
         for rel, data in sorted(files.items()):
             path = tmp / rel
@@ -62,7 +74,7 @@ def _swap_in(new: Path, out: Path) -> None:
     if _exchange(new, out):
         return
     # No atomic exchange on this system: two renames, with a moment where `out` is absent.
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old = Path(tempfile.mkdtemp(prefix=_temporary_prefix(out, _OLD), dir=out.parent))
     os.rmdir(old)
     os.replace(out, old)
     try:
@@ -71,6 +83,10 @@ def _swap_in(new: Path, out: Path) -> None:
         os.replace(old, out)
         raise
     os.replace(old, new)
+
+
+def _temporary_prefix(out: Path, kind: str) -> str:
+    return f".{out.name}.{kind}-"
 
 
 def _exchange(a: Path, b: Path) -> bool:

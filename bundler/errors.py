@@ -22,7 +22,25 @@ class ManifestError(BundlerError):
 
 
 class ModelError(BundlerError):
-    """A model source cannot be read or converted."""
+    """A model source cannot be read or converted; `model` names it once it is known."""
+
+    def __init__(
+        self, message: str, *, model: str | None = None, problems: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message, problems=problems)
+        self.model = model
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f'model "{self.model}": {text}' if self.model else text
+
+    def of(self, model: str) -> ModelError:
+        """The same error, naming `model` (kept if it already names one)."""
+        if self.model is not None:
+            return self
+        named = ModelError(self.message, model=model, problems=self.problems)
+        named.__cause__ = self.__cause__
+        return named
 
 
 class VerifyError(BundlerError):

@@ -15,10 +15,10 @@ from typing import Any
 from bundler import limits
 from bundler.errors import ManifestError
 from bundler.models import sources
+from bundler.targets import NAMES as TARGETS
 
 DEFAULT_MANIFEST = "bundle.toml"
 
-TARGETS = ("wechat", "web")
 FORMATS = ("graph", "layers")
 QUANTIZE_DTYPES = ("float16", "uint16", "uint8")
 QUANTIZE_CHOICES = ("none", *QUANTIZE_DTYPES)
@@ -111,21 +111,18 @@ class Config:
 
     def shard_cap(self, model: ModelConfig) -> int:
         """The largest shard (after brotli) that every target of this build can carry."""
+        from bundler import targets
+
         caps = [c for c in (model.shard_bytes, self.project.shard_bytes) if c is not None]
-        if "wechat" in self.project.targets:
-            caps.append(self.wechat.limits.shard_budget_bytes)
-        if "web" in self.project.targets:
-            caps.append(limits.WEB_SHARD_BUDGET_BYTES)
+        caps += [target.shard_budget(self) for target in targets.of(self)]
         return min(caps)
 
     def tfjs_versions(self) -> tuple[str, ...]:
         """The tfjs runtimes that load this build's models, one per distinct version."""
-        versions = []
-        if "wechat" in self.project.targets:
-            versions.append(self.wechat.tfjs_version)
-        if "web" in self.project.targets:
-            versions.append(self.web.tfjs_version)
-        return tuple(dict.fromkeys(versions))
+        from bundler import targets
+
+        versions = [target.tfjs_version(self) for target in targets.of(self)]
+        return tuple(dict.fromkeys(v for v in versions if v is not None))
 
 
 def load(path: Path | str | None = None) -> Config:
@@ -155,6 +152,24 @@ def load(path: Path | str | None = None) -> Config:
         raise ManifestError(f"{shown} has {count} {noun}:", problems=tuple(v.problems))
     assert config is not None
     return config
+
+
+def named_sources(path: Path) -> tuple[Path, ...]:
+    """The absolute source paths the manifest's `[[models]]` name, unvalidated; () if unreadable."""
+    manifest = Path(os.path.abspath(path))
+    try:
+        data = tomllib.loads(manifest.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return ()
+    models = data.get("models")
+    if not isinstance(models, list):
+        return ()
+    found = []
+    for model in models:
+        source = model.get("source") if isinstance(model, dict) else None
+        if isinstance(source, str) and _non_empty(source) is None:
+            found.append(Path(os.path.abspath(manifest.parent / source)))
+    return tuple(found)
 
 
 def display_path(path: Path) -> str:

@@ -24,6 +24,7 @@ import pytest
 from conftest import Isolated, SourceModels, needs_node
 
 from bundler import build, manifest
+from bundler.models import stage
 from bundler.models.cache import ENTRY_FILE
 
 pytestmark = [pytest.mark.slow, needs_node]
@@ -95,7 +96,7 @@ class Built:
         return self.root / ".bundler-cache"
 
     def model(self, name: str) -> dict[str, Any]:
-        return next(m for m in self.result.report["models"] if m["name"] == name)
+        return next(m for m in self.result.report.to_json()["models"] if m["name"] == name)
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +118,14 @@ def test_first_build_converts_every_model_and_writes_its_report(built: Built) ->
     assert built.result.written
     assert built.result.converted == [c.name for c in ALL]
     assert built.result.reused == []
-    report = built.result.report
+    report = built.result.report.to_json()
     assert [m["name"] for m in report["models"]] == [c.name for c in ALL]
     assert report["targets"] == ["wechat", "web"]
     assert json.loads((built.out / build.REPORT_FILE).read_text()) == report
 
 
 def test_output_folder_holds_exactly_the_listed_files(built: Built) -> None:
-    listed = {f for m in built.result.report["models"] for f in m["files"]}
+    listed = {f for m in built.result.report.to_json()["models"] for f in m["files"]}
     # The targets' own folders (wechat/, remote/, web/) are tested with their targets.
     models = {f for f in _tree(built.out) if not f.startswith(("wechat/", "remote/", "web/"))}
     assert models == listed | {build.REPORT_FILE}
@@ -186,7 +187,7 @@ def test_table_quantization_mixes_dtypes(built: Built) -> None:
 
 def test_unverified_model_is_reported_with_a_warning(built: Built) -> None:
     assert built.model(UNVERIFIED.name)["max_abs_error"] == {}
-    assert built.result.report["warnings"] == [
+    assert built.result.report.to_json()["warnings"] == [
         'model "unverified": not verified (verify = false): nothing checked that the tfjs '
         "runtime loads it and predicts what the source model predicts"
     ]
@@ -260,7 +261,9 @@ def test_damaged_cache_entry_is_converted_again(
     root = tmp_path / "site"
     shutil.copytree(built.root, root, symlinks=True)
     out_before = _tree(root / "dist")
-    [entry] = (root / ".bundler-cache" / "models").glob(built.model(name)["hash"] + "*")
+    config = manifest.load(root / "bundle.toml")
+    [model] = [m for m in config.models if m.name == name]
+    entry = root / ".bundler-cache" / "models" / stage.fingerprint(config, model)
     shard = entry / "group1-shard1of1.bin"
     damaged = bytearray(shard.read_bytes())
     damaged[len(damaged) // 2] ^= 0xFF

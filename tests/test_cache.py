@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from bundler.manifest import ModelConfig, Quantize
 from bundler.models import cache, sources
+from bundler.models.artifacts import content_hash
 from bundler.models.cache import Cache
 
 OPTIONS = {"shard_cap": 2080768, "brotli_quality": 9}
@@ -159,7 +161,7 @@ FILES = {
     "model.json": b'{"format":"graph-model"}',
     "model.json.br": b"brotli json",
 }
-META = {"hash": KEY[:8], "params": 4, "errors": {}}
+META = {"params": 4, "errors": {}}
 INPUTS = [("x", np.arange(6, dtype=np.float32).reshape(2, 3))]
 REFERENCE = [np.array([[0.25, 0.75], [0.5, 0.5]], dtype=np.float32)]
 
@@ -182,7 +184,10 @@ def test_put_then_get_round_trips_files_meta_and_verify_data(store: Cache) -> No
         "model.json.br",
     ]
     assert {name: entry.read(name) for name in entry.files} == FILES
-    assert entry.meta["hash"] == KEY[:8]
+    # The folder a build names after the entry comes from its bytes, not from its key.
+    assert entry.content_hash == content_hash(
+        {name: hashlib.sha256(data).hexdigest() for name, data in FILES.items()}
+    )
     assert entry.meta["params"] == 4
     assert entry.meta["errors"] == {}
     inputs, outputs = entry.verify_data()

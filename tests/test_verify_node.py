@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bundler import runtimes
 from bundler.errors import ToolError
-from bundler.models import verify_node
-from bundler.models.verify_node import NodeJob, ensure_tfjs, run_in_tfjs
+from bundler.models.verify_node import NodeJob, run_in_tfjs
+from bundler.runtimes import ensure_tfjs
 
 VERSIONS = ("3.21.0", "4.22.0")
 
@@ -271,10 +272,10 @@ def test_npm_failure_reports_stderr_and_version(
 
 def test_cache_dir_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BUNDLER_NODE_CACHE", str(tmp_path / "explicit"))
-    assert verify_node.node_cache_dir() == tmp_path / "explicit"
+    assert runtimes.node_cache_dir() == tmp_path / "explicit"
     monkeypatch.delenv("BUNDLER_NODE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert verify_node.node_cache_dir() == tmp_path / "xdg" / "model-bundler" / "node"
+    assert runtimes.node_cache_dir() == tmp_path / "xdg" / "model-bundler" / "node"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert verify_node.node_cache_dir() == tmp_path / "home" / ".cache" / "model-bundler" / "node"
+    assert runtimes.node_cache_dir() == tmp_path / "home" / ".cache" / "model-bundler" / "node"

@@ -334,7 +334,7 @@ def test_editing_the_quantization_changes_the_bundle(
     rebuilt = running.built()
     assert rebuilt.changed == (manifest.resolve(),)
     assert rebuilt.result.converted == ["starter"]
-    assert rebuilt.result.report["models"][0]["quantize"] == "uint8"
+    assert rebuilt.result.report.to_json()["models"][0]["quantize"] == "uint8"
     after = bundle(project)
     assert after != before
     model_json = next(k for k in after if k.endswith("/model.json"))
@@ -373,7 +373,7 @@ def test_a_model_written_in_two_chunks_rebuilds_once(
     assert [type(e) for e in seen] == [watch.Started, watch.Built]
     assert rebuilt.changed == (shard.resolve(),)
     assert rebuilt.result.converted == ["starter"]
-    assert rebuilt.result.report["models"][0]["max_abs_error"]["4.22.0"] < 1e-5
+    assert rebuilt.result.report.to_json()["models"][0]["max_abs_error"]["4.22.0"] < 1e-5
     running.assert_quiet()
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from bundler import build, cli, manifest, starter
 from bundler.dev import serve
-from bundler.models.verify_node import ensure_tfjs
+from bundler.runtimes import ensure_tfjs
 from bundler.targets.web import target as web
 
 needs_node = pytest.mark.needs_node
@@ -156,7 +156,7 @@ def test_pages_get_the_live_reload_script(server: serve.DevServer, tmp_path: Pat
     page = _get(server, "/", Accept_Encoding="br").decoded()
     assert serve.EVENTS_PATH.encode() in page
     assert page.index(b"bundler serve: live reload") < page.index(b"</head>")
-    assert page.replace(serve.LIVE_RELOAD_SCRIPT.encode(), b"") == files["index.html"]
+    assert page.replace(serve.live_reload_script(), b"") == files["index.html"]
     # Only what is served changes: the file on disk, the one a production host sends, not.
     assert serve.EVENTS_PATH.encode() not in (tmp_path / "index.html").read_bytes()
 
@@ -264,9 +264,9 @@ def test_web_target_writes_the_site_with_compressed_copies(tmp_path: Path) -> No
     site = out / "web"
     files = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
     plain = {f for f in files if not f.endswith((".br", ".gz"))}
-    [model] = result.report["models"]
+    [model] = result.report.to_json()["models"]
     folder = f"models/starter/{model['hash']}"
-    tfjs = result.report["web"]["tfjs"]
+    tfjs = result.report.to_json()["web"]["tfjs"]
     assert re.fullmatch(r"vendor/tfjs-4\.22\.0/[0-9a-f]{8}/tf\.min\.js", tfjs)
     assert plain == {
         "index.html",
@@ -286,7 +286,7 @@ def test_web_target_writes_the_site_with_compressed_copies(tmp_path: Path) -> No
         assert (site / folder / name).read_bytes() == (out / folder / name).read_bytes()
     npm = ensure_tfjs("4.22.0") / "node_modules/@tensorflow/tfjs/dist/tf.min.js"
     assert (site / tfjs).read_bytes() == npm.read_bytes()
-    assert result.report["web"]["first_visit_brotli_bytes"] > 250_000
+    assert result.report.to_json()["web"]["first_visit_brotli_bytes"] > 250_000
 
     data = _models_js(site)
     assert data["models"]["starter"]["hash"] == model["hash"]
@@ -324,7 +324,7 @@ def test_tfjs_url_replaces_the_local_copy_and_cache_can_be_off(tmp_path: Path) -
     result = build.build(config)
     site = config.project.out / "web"
     assert not (site / "vendor").exists()
-    assert result.report["web"]["tfjs"] == url
+    assert result.report.to_json()["web"]["tfjs"] == url
     assert f'<script src="{url}"></script>' in (site / "index.html").read_text()
     assert _models_js(site)["settings"]["cache"] == "none"
 
@@ -334,7 +334,7 @@ def test_without_the_web_target_nothing_is_written_for_it(tmp_path: Path) -> Non
     config = manifest.load(_project(tmp_path, targets='["wechat"]'))
     result = build.build(config)
     assert not (config.project.out / "web").exists()
-    assert "web" not in result.report
+    assert "web" not in result.report.to_json()
 
 
 def _models_js(site: Path) -> dict[str, object]:

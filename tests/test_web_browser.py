@@ -86,7 +86,7 @@ class Site:
                 return event
 
     def hashes(self, built: watch.Built) -> dict[str, str]:
-        return {m["name"]: m["hash"] for m in built.result.report["models"]}
+        return {m["name"]: m["hash"] for m in built.result.report.to_json()["models"]}
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,8 @@ import pytest
 from conftest import needs_node
 
 from bundler import build, limits, manifest
-from bundler.models.verify_node import ensure_tfjs
 from bundler.render import render
+from bundler.runtimes import ensure_tfjs
 
 pytestmark = [pytest.mark.slow, needs_node]
 

@@ -15,6 +15,7 @@ once and a reader never gets half a bundle.
 from __future__ import annotations
 
 import errno
+import functools
 import gzip
 import hashlib
 import http.server
@@ -34,8 +35,8 @@ from bundler import manifest
 from bundler.build import Progress
 from bundler.dev import watch
 from bundler.errors import BundlerError
-from bundler.models.pack import BROTLI_SUFFIX
-from bundler.render import TEMPLATES
+from bundler.models.artifacts import BROTLI_SUFFIX
+from bundler.render import TEMPLATES, render
 from bundler.targets.web import target as web
 
 log = logging.getLogger(__name__)
@@ -72,15 +73,6 @@ CONTENT_TYPES = {
 }
 # Content-Encoding by precompressed suffix, in order of preference.
 ENCODINGS = (("br", BROTLI_SUFFIX), ("gzip", web.GZIP_SUFFIX))
-
-LIVE_RELOAD_SCRIPT = (
-    "<script>/* bundler serve: live reload */(() => {"
-    f"const events = new EventSource('{EVENTS_PATH}');"
-    "events.addEventListener('reload', () => location.reload());"
-    "events.addEventListener('failed', (e) => console.warn("
-    "'bundler: build failed, keeping the last good bundle:\\n' + JSON.parse(e.data).message));"
-    "})();</script>\n"
-)
 
 
 @dataclass(frozen=True)
@@ -269,12 +261,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         root, unavailable = dev.serving()
         if root is None:
-            page = (
-                f"<!doctype html><meta charset=utf-8><title>bundler serve</title>"
-                f"<p style='white-space: pre-wrap'>bundler serve: {_html_escape(unavailable)}.</p>"
-                f"<p>This page reloads by itself after the next good build.</p>"
-            )
-            self._send_bytes(503, page.encode(), "text/html; charset=utf-8", head, live=True)
+            page = render("dev/unavailable.html.j2", reason=unavailable).encode()
+            self._send_bytes(503, page, "text/html; charset=utf-8", head, live=True)
             return
         file = _resolve(root, path)
         if file is None:
@@ -479,11 +467,13 @@ def _etags(header: str) -> set[str]:
     return {t.strip().removeprefix("W/") for t in header.split(",") if t.strip()}
 
 
+@functools.cache
+def live_reload_script() -> bytes:
+    """The script added to each HTML page served: reloads it on `reload`, warns on `failed`."""
+    return render("dev/live_reload.html.j2", events_path=EVENTS_PATH).encode()
+
+
 def _with_live_reload(page: bytes) -> bytes:
     at = page.lower().find(b"</head>")
-    script = LIVE_RELOAD_SCRIPT.encode()
+    script = live_reload_script()
     return page[:at] + script + page[at:] if at >= 0 else page + script
-
-
-def _html_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

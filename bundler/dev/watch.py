@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from bundler import build, manifest
+from bundler import build, emit, manifest
 from bundler.build import Progress, Result
 from bundler.errors import ManifestError
 from bundler.manifest import Config
@@ -228,11 +227,8 @@ class Watcher:
         editors' temporary files."""
         if any(path.is_relative_to(folder) for folder in self._ignored):
             return True
-        out = self._out
-        if out is not None and path.is_relative_to(out.parent) and path != out.parent:
-            first = path.relative_to(out.parent).parts[0]
-            if first.startswith((f".{out.name}.new-", f".{out.name}.old-")):
-                return True
+        if self._out is not None and emit.is_temporary(path, self._out):
+            return True
         return any(fnmatch.fnmatchcase(path.name, pattern) for pattern in EDITOR_TEMP_FILES)
 
     # The loop
@@ -276,7 +272,7 @@ class Watcher:
                 # Keep watching what the last good manifest named, and whatever this one names,
                 # so that creating a missing model file or fixing the manifest recovers.
                 problem: ManifestError | None = err
-                targets = self._base() + self._targets + self._named_sources()
+                targets = self._base() + self._targets + self._named_targets()
             else:
                 problem = None
                 self._out = _real(config.project.out)
@@ -307,21 +303,11 @@ class Watcher:
                 targets.append(Target(path))
         return tuple(dict.fromkeys(targets))
 
-    def _named_sources(self) -> tuple[Target, ...]:
+    def _named_targets(self) -> tuple[Target, ...]:
         """Targets for the model sources a manifest names, read without validating it."""
-        try:
-            data = tomllib.loads(self.manifest.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            return ()
-        models = data.get("models")
-        if not isinstance(models, list):
-            return ()
         targets = []
-        for model in models:
-            source = model.get("source") if isinstance(model, dict) else None
-            if not isinstance(source, str) or not source.strip():
-                continue
-            path = _real(self.manifest.parent / source)
+        for source in manifest.named_sources(self.manifest):
+            path = _real(source)
             if path.suffix.lower() == ".json":
                 targets.append(Target(path.parent, tree=True))
             else:

@@ -24,6 +24,7 @@ import numpy as np
 from bundler import __version__
 from bundler.manifest import ModelConfig
 from bundler.models import sources
+from bundler.models.artifacts import MODEL_JSON, content_hash
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,9 @@ VERIFY_FILE = "verify.npz"
 _TOOLS = ("tensorflow", "tensorflowjs", "keras", "tf-keras")
 _CHUNK = 1 << 20
 # Bump when what an entry holds changes (its layout, the verification inputs): old entries
-# then simply miss, instead of being read as damaged or, worse, reused.
-ENTRY_FORMAT = 2
+# then simply miss, instead of being read as damaged or, worse, reused. 3: no "hash" in
+# the meta (the folder name comes from content_hash) and no derived sizes.
+ENTRY_FORMAT = 3
 
 
 def tool_versions() -> dict[str, str]:
@@ -108,7 +110,12 @@ class Entry:
     def files(self) -> dict[str, str]:
         """Artifact file name → sha256, model.json first, then by name."""
         files: dict[str, str] = self.meta["files"]
-        return dict(sorted(files.items(), key=lambda item: (item[0] != "model.json", item[0])))
+        return dict(sorted(files.items(), key=lambda item: (item[0] != MODEL_JSON, item[0])))
+
+    @property
+    def content_hash(self) -> str:
+        """The hash of the files' bytes, which names the model's folders in the bundle."""
+        return content_hash(self.meta["files"])
 
     def read(self, name: str) -> bytes:
         """The bytes of one artifact file."""

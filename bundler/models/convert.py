@@ -24,6 +24,7 @@ import numpy as np
 from bundler.errors import ModelError
 from bundler.manifest import ModelConfig
 from bundler.models import sources, weights
+from bundler.models.artifacts import input_specs
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def _convert_with_tensorflow(model: ModelConfig, out: Path, tmp: Path) -> Any:
         raise
     except Exception as err:  # TensorFlow raises many kinds; the user needs the first line
         raise ModelError(
-            f'model "{model.name}": TensorFlow could not convert {src}: {_first_line(err)}'
+            f"TensorFlow could not convert {src}: {_first_line(err)}", model=model.name
         ) from err
 
 
@@ -265,40 +266,6 @@ def _sample_inputs(doc: dict[str, Any]) -> tuple[tuple[str, np.ndarray[Any, Any]
     return tuple(result)
 
 
-def input_specs(doc: dict[str, Any]) -> list[tuple[str, list[int | None], str]]:
-    """(name, shape, dtype) of each input of a tfjs model.json, in the runtime's order."""
-    topology = doc.get("modelTopology", {})
-    specs: list[tuple[str, list[int | None], str]] = []
-    if doc.get("format") == "graph-model":
-        for key, spec in (doc.get("signature") or {}).get("inputs", {}).items():
-            dims = [int(d.get("size", -1)) for d in spec.get("tensorShape", {}).get("dim", [])]
-            dtype = "int32" if spec.get("dtype") in ("DT_INT32", "DT_INT64") else "float32"
-            specs.append((str(spec.get("name", key)).split(":")[0], list(dims), dtype))
-        if not specs:
-            for node in topology.get("node", []):
-                if node.get("op") == "Placeholder":
-                    shape = node.get("attr", {}).get("shape", {}).get("shape", {})
-                    dims = [int(d.get("size", -1)) for d in shape.get("dim", [])]
-                    specs.append((node["name"], list(dims), "float32"))
-        return specs
-    config = topology.get("model_config", topology)
-    layers = config.get("config", {}).get("layers", [])
-    if config.get("class_name") == "Sequential":
-        first = layers[0]["config"] if layers else {}
-        shape = first.get("batch_input_shape") or [None, *first.get("input_shape", [])]
-        specs.append((first.get("name", "input"), shape, _dtype(first.get("dtype"))))
-        return specs
-    by_name = {layer["config"]["name"]: layer["config"] for layer in layers}
-    for entry in config.get("config", {}).get("input_layers", []):
-        layer = by_name.get(entry[0], {})
-        specs.append((entry[0], layer.get("batch_input_shape", [None]), _dtype(layer.get("dtype"))))
-    return specs
-
-
-def _dtype(value: Any) -> str:
-    return "int32" if value in ("int32", "int64") else "float32"
-
-
 def _predict(
     model: ModelConfig,
     keras_model: Any,
@@ -322,8 +289,9 @@ def _predict(
             outputs = fn(**feed)
     except Exception as err:
         raise ModelError(
-            f'model "{model.name}": TensorFlow could not run the source model on sample inputs '
-            f"of shapes {[list(a.shape) for a in arrays]}: {_first_line(err)}"
+            "TensorFlow could not run the source model on sample inputs "
+            f"of shapes {[list(a.shape) for a in arrays]}: {_first_line(err)}",
+            model=model.name,
         ) from err
     if isinstance(outputs, dict):
         # The graph model's outputs come in the order of its signature, keyed alike.

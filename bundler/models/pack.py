@@ -13,10 +13,8 @@ from bundler import limits
 from bundler.errors import PlanError
 from bundler.manifest import Quantize
 from bundler.models import weights
+from bundler.models.artifacts import BROTLI_SUFFIX, MODEL_JSON
 from bundler.models.convert import Converted
-
-MODEL_JSON = "model.json"
-BROTLI_SUFFIX = ".br"
 
 
 def canonical_json(doc: Any) -> bytes:

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from bundler.errors import VerifyError
-from bundler.models.verify_node import NodeJob, NodeResult, ensure_tfjs, run_in_tfjs
+from bundler.models.verify_node import NodeJob, NodeResult, run_in_tfjs
+from bundler.runtimes import ensure_tfjs
 
 _SOURCE_SUFFIX = "#source"
 

@@ -1,1 +1,86 @@
-"""The targets: each renders the files of one platform from the models' artifacts."""
+"""The targets: each turns the models' artifacts into the files of one platform.
+
+A target is a plug-in: a module `bundler/targets/<name>/target.py` whose `TARGET` implements
+`Target`. The build asks every target of the manifest, in this order:
+
+1. `shard_budget(config)` and `tfjs_version(config)`, before models are converted: the
+   largest brotli shard it can carry, and the tfjs runtime its pages load the models with
+   (every model is verified in each such runtime);
+2. `runtimes(config, models)`: the npm packages it reads while rendering; the build installs
+   them all (bundler/runtimes.py) before any target renders;
+3. `render(config, models, runtimes)`: every file it ships (paths relative to `out`) and
+   its part of the report. Rendering is pure: no installs, no writes; emit.py writes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from bundler.manifest import Config
+    from bundler.models.artifacts import ModelArtifacts
+    from bundler.runtimes import NpmSet, Runtimes
+
+# Every target, in the order the report and the terminal show them.
+NAMES = ("wechat", "web")
+
+
+class TargetReport(Protocol):
+    """A target's part of the report."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The keys it adds to the report's top level."""
+        ...
+
+    def model_json(self, name: str) -> dict[str, Any]:
+        """The keys it adds to the report of model `name`."""
+        ...
+
+
+@dataclass(frozen=True)
+class TargetOutput:
+    """What a target renders: files by path relative to `out`, and its report."""
+
+    files: Mapping[str, bytes]
+    report: TargetReport
+
+
+class Target(Protocol):
+    """What a target implements; see the module docstring for when each is called."""
+
+    name: str
+
+    def shard_budget(self, config: Config) -> int:
+        """The largest brotli-compressed shard the target can carry."""
+        ...
+
+    def tfjs_version(self, config: Config) -> str | None:
+        """The tfjs runtime that loads the models on this platform (None: no tfjs)."""
+        ...
+
+    def runtimes(self, config: Config, models: Sequence[ModelArtifacts]) -> Sequence[NpmSet]:
+        """The npm packages `render` reads."""
+        ...
+
+    def render(
+        self, config: Config, models: Sequence[ModelArtifacts], runtimes: Runtimes
+    ) -> TargetOutput:
+        """Every file of the target and its report; raises a BundlerError when it cannot fit."""
+        ...
+
+
+def get(name: str) -> Target:
+    """The target called `name` (one of NAMES)."""
+    if name not in NAMES:
+        raise KeyError(f"no target {name!r}; targets: {', '.join(NAMES)}")
+    module = importlib.import_module(f"bundler.targets.{name}.target")
+    target: Target = module.TARGET
+    return target
+
+
+def of(config: Config) -> tuple[Target, ...]:
+    """The manifest's targets, in the order of NAMES."""
+    return tuple(get(name) for name in NAMES if name in config.project.targets)

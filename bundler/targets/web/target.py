@@ -18,9 +18,9 @@ Compressing tf.min.js with brotli 11 takes seconds, so compressed forms are kept
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
-import json
 import os
 import re
 import tempfile
@@ -32,23 +32,23 @@ from typing import Any
 import brotli
 import numpy as np
 
-from bundler import limits
-from bundler.manifest import Config, ModelConfig
-from bundler.models.cache import Entry
-from bundler.models.pack import BROTLI_SUFFIX, MODEL_JSON
-from bundler.models.verify_node import ensure_tfjs
+from bundler import limits, runtimes
+from bundler.manifest import Config
+from bundler.models.artifacts import BROTLI_SUFFIX, HASH_LENGTH, ModelArtifacts
 from bundler.render import render
+from bundler.report import model_folder
+from bundler.runtimes import NpmSet, Runtimes
+from bundler.targets import TargetOutput
 
 WEB_DIR = "web"
 INDEX = "index.html"
 LOADER = "bundler/loader.js"
 MODELS_JS = "bundler/models.js"
-MODELS_DIR = "models"
 VENDOR_DIR = "vendor"
 TFJS_FILE = "tf.min.js"  # @tensorflow/tfjs's dist/tf.min.js: the UMD build that sets `tf`
+TFJS_NPM_PATH = f"node_modules/@tensorflow/tfjs/dist/{TFJS_FILE}"
 GZIP_SUFFIX = ".gz"
 COMPRESSED_SUFFIXES = (BROTLI_SUFFIX, GZIP_SUFFIX)
-HASH_LENGTH = 8
 # A content-hashed folder: what is inside never changes under the same URL.
 IMMUTABLE = re.compile(r"(?:^|/)(?:models|vendor)/[^/]+/[0-9a-f]{8}/")
 # The demo page carries one verification sample (and TensorFlow's output for it) when the
@@ -61,47 +61,80 @@ IDB_TIMEOUT_MS = 30_000
 
 
 @dataclass(frozen=True)
-class Built:
-    """The web target's files (paths relative to `out`) and its part of the report."""
+class WebReport:
+    """The web target's part of the report."""
 
-    files: dict[str, bytes]
-    report: dict[str, Any]
+    root: str
+    tfjs: str  # the page's tfjs URL
+    cache: str
+    first_visit_brotli_bytes: int  # the page, the loader, tfjs and the models, with brotli
+
+    def to_json(self) -> dict[str, Any]:
+        """`web`, at the report's top level."""
+        return {"web": dataclasses.asdict(self)}
+
+    def model_json(self, name: str) -> dict[str, Any]:
+        """Nothing per model."""
+        return {}
 
 
-def build(
-    config: Config,
-    models: Sequence[tuple[ModelConfig, Entry]],
-    say: Callable[[str], None],
-) -> Built:
-    """Render the site for these models; compressed copies beside every file."""
+class WebTarget:
+    """A static site under `<out>/web/`."""
+
+    name = "web"
+
+    def shard_budget(self, config: Config) -> int:
+        """The converter's shard size, which every major browser caches."""
+        return limits.WEB_SHARD_BUDGET_BYTES
+
+    def tfjs_version(self, config: Config) -> str | None:
+        """The runtime the page loads, copied from npm or at `tfjs_url`."""
+        return config.web.tfjs_version
+
+    def runtimes(self, config: Config, models: Sequence[ModelArtifacts]) -> Sequence[NpmSet]:
+        """@tensorflow/tfjs, whose tf.min.js the site ships, unless the page loads tfjs_url."""
+        return [] if config.web.tfjs_url else [runtimes.tfjs(config.web.tfjs_version)]
+
+    def render(
+        self, config: Config, models: Sequence[ModelArtifacts], installed: Runtimes
+    ) -> TargetOutput:
+        """The site's files, compressed copies beside every one."""
+        return _render(config, models, installed)
+
+
+TARGET = WebTarget()
+
+
+def _render(config: Config, models: Sequence[ModelArtifacts], installed: Runtimes) -> TargetOutput:
     squeeze = Compressor(config.project.cache_dir / WEB_DIR)
     site: dict[str, bytes] = {}
-    # Precompressed forms already made by the build (the cache entry's brotli shards).
+    # Precompressed forms already made by the build (the models' brotli shards).
     known_br: dict[str, bytes] = {}
-    for m, entry in models:
-        folder = model_folder(m.name, entry.meta["hash"])
-        for name in entry.files:
+    for m in models:
+        folder = model_folder(m.name, m.hash)
+        for name, content in m.files.items():
             if name.endswith(BROTLI_SUFFIX):
-                known_br[f"{folder}/{name[: -len(BROTLI_SUFFIX)]}"] = entry.read(name)
+                known_br[f"{folder}/{name[: -len(BROTLI_SUFFIX)]}"] = content
             else:
-                site[f"{folder}/{name}"] = entry.read(name)
+                site[f"{folder}/{name}"] = content
 
     tfjs_src = config.web.tfjs_url
     if tfjs_src is None:
-        tfjs = _tfjs_min(config.web.tfjs_version, say)
+        npm = runtimes.tfjs(config.web.tfjs_version)
+        tfjs = (installed.folder(npm) / TFJS_NPM_PATH).read_bytes()
         tfjs_src = (
             f"{VENDOR_DIR}/tfjs-{config.web.tfjs_version}/{_digest(tfjs)[:HASH_LENGTH]}/{TFJS_FILE}"
         )
         site[tfjs_src] = tfjs
 
-    data = {m.name: _model_data(m, entry) for m, entry in models}
+    data = {m.name: _model_data(m) for m in models}
     settings = {"cache": config.web.cache, "idbTimeoutMs": IDB_TIMEOUT_MS}
     site[MODELS_JS] = _text("web/bundler/models.js.j2", models=data, settings=settings)
     site[LOADER] = _text("web/bundler/loader.js.j2")
     demo = {
         "title": config.project.name,
-        "order": [m.name for m, _ in models],
-        "samples": {m.name: _sample(entry) for m, entry in models},
+        "order": [m.name for m in models],
+        "samples": {m.name: _sample(m) for m in models},
     }
     site[INDEX] = _text(
         "web/index.html.j2", title=config.project.name, tfjs_src=tfjs_src, demo=demo
@@ -114,21 +147,13 @@ def build(
         files[f"{WEB_DIR}/{rel}{BROTLI_SUFFIX}"] = br if br is not None else squeeze.brotli(raw)
         files[f"{WEB_DIR}/{rel}{GZIP_SUFFIX}"] = squeeze.gzip(raw)
 
-    report = {
-        "root": WEB_DIR,
-        "tfjs": tfjs_src,
-        "cache": config.web.cache,
-        # What a first visit downloads with brotli: the page, the loader, tfjs and the models.
-        "first_visit_brotli_bytes": sum(
-            len(files[f"{WEB_DIR}/{rel}{BROTLI_SUFFIX}"]) for rel in site
-        ),
-    }
-    return Built(files, report)
-
-
-def model_folder(name: str, digest: str) -> str:
-    """Where a model's files live, relative to web/."""
-    return f"{MODELS_DIR}/{name}/{digest}"
+    report = WebReport(
+        root=WEB_DIR,
+        tfjs=tfjs_src,
+        cache=config.web.cache,
+        first_visit_brotli_bytes=sum(len(files[f"{WEB_DIR}/{rel}{BROTLI_SUFFIX}"]) for rel in site),
+    )
+    return TargetOutput(files, report)
 
 
 def is_immutable(path: str) -> bool:
@@ -156,7 +181,7 @@ class Compressor:
         )
 
     def _kept(self, data: bytes, kind: str, make: Callable[[], bytes]) -> bytes:
-        if len(data) < 64 * 1024:  # cheaper to compress again than to read a file
+        if len(data) < limits.KEPT_COMPRESSED_MIN_BYTES:
             return make()
         path = self.folder / f"{_digest(data)}.{kind}"
         try:
@@ -175,36 +200,25 @@ class Compressor:
         return out
 
 
-def _tfjs_min(version: str, say: Callable[[str], None]) -> bytes:
-    folder = ensure_tfjs(version, log=say)
-    return (folder / "node_modules" / "@tensorflow" / "tfjs" / "dist" / TFJS_FILE).read_bytes()
-
-
-def _model_data(m: ModelConfig, entry: Entry) -> dict[str, Any]:
+def _model_data(m: ModelArtifacts) -> dict[str, Any]:
     """What the loader knows of a model: where it is, how big, what it takes."""
-    from bundler.models.convert import input_specs
-
-    doc = json.loads(entry.read(MODEL_JSON))
-    shards = [p for group in doc.get("weightsManifest", []) for p in group["paths"]]
-    raw = len(entry.read(MODEL_JSON)) + sum(len(entry.read(s)) for s in shards)
     return {
         "name": m.name,
-        "hash": entry.meta["hash"],
+        "hash": m.hash,
         "format": m.format,
-        "path": model_folder(m.name, entry.meta["hash"]),
-        "bytes": raw,
-        "brotliBytes": len(entry.read(MODEL_JSON + BROTLI_SUFFIX)) + entry.meta["brotli_bytes"],
-        "shards": len(shards),
+        "path": model_folder(m.name, m.hash),
+        "bytes": len(m.model_json) + m.weight_bytes,
+        "brotliBytes": len(m.model_json_br) + m.brotli_bytes,
+        "shards": len(m.shards),
         "inputs": [
-            {"name": n, "shape": [1 if d is None or d < 0 else d for d in shape], "dtype": t}
-            for n, shape, t in input_specs(doc)
+            {"name": s.name, "shape": s.example_shape(), "dtype": s.dtype} for s in m.inputs
         ],
     }
 
 
-def _sample(entry: Entry) -> dict[str, Any] | None:
+def _sample(m: ModelArtifacts) -> dict[str, Any] | None:
     """The first verification input, and the source model's output for it when known."""
-    inputs, reference = entry.verify_data()
+    inputs, reference = m.verify_inputs, m.reference
     if not inputs or sum(a[:1].size for _, a in inputs) > SAMPLE_MAX_VALUES:
         return None
     sample: dict[str, Any] = {

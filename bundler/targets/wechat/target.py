@@ -8,21 +8,22 @@ docs/wechat-layout.md.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bundler import limits
 from bundler.errors import PlanError
-from bundler.manifest import Config, ModelConfig
-from bundler.models.cache import Entry
-from bundler.models.pack import BROTLI_SUFFIX, MODEL_JSON
-from bundler.models.verify_node import ensure_packages
+from bundler.manifest import Config
+from bundler.models.artifacts import BROTLI_SUFFIX, MODEL_JSON, ModelArtifacts
 from bundler.render import render
+from bundler.runtimes import NpmSet, Runtimes
+from bundler.targets import TargetOutput
 from bundler.targets.wechat import plan
 
 WECHAT_DIR = "wechat"
@@ -34,7 +35,7 @@ SUBPACKAGE_PAGE = "pages/index/index"
 # fetch-wechat: the fetch that tfjsPlugin's configPlugin takes (tfjs-wechat README).
 FETCH_WECHAT_VERSION = "0.0.3"
 # tfjs-core depends on node-fetch, which "Build npm" copies though a mini-program never runs
-# it (fetch-wechat stands in): 0.37 MB that upload must leave out (PLATFORMS.md).
+# it (fetch-wechat stands in): 0.37 MB that upload must leave out (docs/platforms.md).
 NEVER_RUN_PACKAGES = ("node-fetch", "whatwg-url", "tr46", "webidl-conversions")
 REQUEST_TIMEOUT_MS = 60_000  # wx.request's default (official app.json doc)
 DOWNLOAD_RETRIES = 3
@@ -43,35 +44,77 @@ _REQUIRE = re.compile(r"""require\(\s*['"](\.{1,2}/[^'"]+)['"]\s*\)""")
 
 
 @dataclass(frozen=True)
-class Built:
-    """The WeChat target's files (paths relative to `out`) and its part of the report."""
+class PackageReport:
+    """One code package of the plan: its root, its bytes and its limit."""
 
-    files: dict[str, bytes]
-    packages: list[dict[str, Any]]
-    delivery: dict[str, str]
+    root: str
+    bytes: int
+    limit: int
 
 
-def build(
-    config: Config,
-    models: Sequence[tuple[ModelConfig, Entry]],
-    say: Callable[[str], None],
-) -> Built:
-    """Plan and render the mini-program for these models; PlanError if it cannot fit."""
+@dataclass(frozen=True)
+class WechatReport:
+    """The WeChat target's part of the report: its packages, and each model's delivery."""
+
+    packages: tuple[PackageReport, ...]
+    delivery: Mapping[str, str]  # model → "package" | "remote"
+
+    def to_json(self) -> dict[str, Any]:
+        """`packages`, at the report's top level."""
+        return {"packages": [dataclasses.asdict(p) for p in self.packages]}
+
+    def model_json(self, name: str) -> dict[str, Any]:
+        """`delivery`, in each model's report."""
+        return {"delivery": self.delivery[name]}
+
+
+class WechatTarget:
+    """A mini-program project under `<out>/wechat/`, and `<out>/remote/` for remote delivery."""
+
+    name = "wechat"
+
+    def shard_budget(self, config: Config) -> int:
+        """A shard must fit one subpackage beside its page."""
+        return config.wechat.limits.shard_budget_bytes
+
+    def tfjs_version(self, config: Config) -> str | None:
+        """The runtime tfjsPlugin supports."""
+        return config.wechat.tfjs_version
+
+    def runtimes(self, config: Config, models: Sequence[ModelArtifacts]) -> Sequence[NpmSet]:
+        """The npm packages "Build npm" copies into the runtime subpackage, to measure them."""
+        return [runtime_npm(config.wechat.tfjs_version, {m.format for m in models})]
+
+    def render(
+        self, config: Config, models: Sequence[ModelArtifacts], runtimes: Runtimes
+    ) -> TargetOutput:
+        """Plan and render the mini-program for these models; PlanError if it cannot fit."""
+        files, report = _render(config, models, runtimes)
+        return TargetOutput(files, report)
+
+
+TARGET = WechatTarget()
+
+
+def _render(
+    config: Config, models: Sequence[ModelArtifacts], runtimes: Runtimes
+) -> tuple[dict[str, bytes], WechatReport]:
     wechat = config.wechat
-    formats = {m.format for m, _ in models}
-    runtime_npm = runtime_sizes(wechat.tfjs_version, formats, say)
-    app_pages = [HOME_PAGE, *(model_page(m.name) for m, _ in models)]
+    formats = {m.format for m in models}
+    npm = runtime_npm(wechat.tfjs_version, formats)
+    runtime_npm_files = runtime_sizes(runtimes.folder(npm), npm)
+    app_pages = [HOME_PAGE, *(model_page(m.name) for m in models)]
 
     shell = _shell_files(config, models)
     runtime = _runtime_files(wechat.tfjs_version, formats)
     sub_files = _subpackage_files("models-x-1")
     planned = plan.plan(
-        [_model_files(m, e) for m, e in models],
+        [_model_files(m) for m in models],
         wechat.limits,
         main_files=[(p, len(b)) for p, b in shell.items()]
         + _estimate_generated(models)
         + [("(compiler helpers: @babel/runtime)", wechat.limits.compiler_helpers_bytes)],
-        runtime_files=[(p, len(b)) for p, b in runtime.items()] + runtime_npm,
+        runtime_files=[(p, len(b)) for p, b in runtime.items()] + runtime_npm_files,
         subpackage_files=[(p, len(b)) for p, b in sub_files.items()],
         remote_base_url=wechat.remote_base_url,
         pages=app_pages,
@@ -81,13 +124,13 @@ def build(
     project = {**shell, **_generated(config, models, planned, app_pages)}
     for rel, data in runtime.items():
         project[f"{plan.RUNTIME_ROOT}/{rel}"] = data
-    for m, entry in models:
+    for m in models:
         if planned.delivery[m.name] == "package":
-            project.update(_model_subpackages(m, entry, planned))
+            project.update(_model_subpackages(m, planned))
         else:
-            for name in entry.files:
+            for name, data in m.files.items():
                 if name != MODEL_JSON + BROTLI_SUFFIX:
-                    files[f"{REMOTE_DIR}/{m.name}/{entry.meta['hash']}/{name}"] = entry.read(name)
+                    files[f"{REMOTE_DIR}/{m.name}/{m.hash}/{name}"] = data
     _check_uploadable(project)
     main = wechat.limits.compiler_helpers_bytes + sum(
         len(b) for p, b in project.items() if _package_of(p, planned) == plan.MAIN_ROOT
@@ -100,15 +143,15 @@ def build(
     for rel, data in project.items():
         files[f"{WECHAT_DIR}/{rel}"] = data
 
-    report = []
+    packages = []
     for package in planned.packages:
         size = sum(len(b) for p, b in project.items() if _package_of(p, planned) == package.root)
         if package.root == plan.MAIN_ROOT:
             size += wechat.limits.compiler_helpers_bytes
         if package.root == plan.RUNTIME_ROOT:
-            size += sum(n for _, n in runtime_npm)
-        report.append({"root": package.root, "bytes": size, "limit": package.limit})
-    return Built(files, report, dict(planned.delivery))
+            size += sum(n for _, n in runtime_npm_files)
+        packages.append(PackageReport(package.root, size, package.limit))
+    return files, WechatReport(tuple(packages), dict(planned.delivery))
 
 
 def model_page(name: str) -> str:
@@ -134,21 +177,22 @@ def runtime_packages(version: str, formats: set[str]) -> dict[str, str]:
     return packages
 
 
-def runtime_sizes(
-    version: str, formats: set[str], say: Callable[[str], None] | None = None
-) -> list[tuple[str, int]]:
+def runtime_npm(version: str, formats: set[str]) -> NpmSet:
+    """The runtime subpackage's npm packages, installed to measure what "Build npm" copies."""
+    return NpmSet(
+        f"wechat-runtime-{version}",
+        tuple(runtime_packages(version, formats).items()),
+        f"the tfjs {version} runtime packages for WeChat",
+    )
+
+
+def runtime_sizes(folder: Path, npm: NpmSet) -> list[tuple[str, int]]:
     """What "Build npm" puts in tfjs/miniprogram_npm/, file by file, measured on the packages.
 
     A package with a `miniprogram` folder is copied as it is, less its source maps (dropped
     at upload); another is built from its main file and what that requires.
     """
-    wanted = runtime_packages(version, formats)
-    folder = ensure_packages(
-        f"wechat-runtime-{version}",
-        wanted,
-        purpose=f"the tfjs {version} runtime packages for WeChat",
-        log=say,
-    )
+    wanted = dict(npm.packages)
     modules = folder / "node_modules"
     sizes: list[tuple[str, int]] = []
     seen: set[str] = set()
@@ -214,7 +258,7 @@ def _runtime_files(version: str, formats: set[str]) -> dict[str, bytes]:
 # --- the shell and the generated data -------------------------------------------------------
 
 
-def _shell_files(config: Config, models: Sequence[tuple[ModelConfig, Entry]]) -> dict[str, bytes]:
+def _shell_files(config: Config, models: Sequence[ModelArtifacts]) -> dict[str, bytes]:
     """The files of the main package that do not depend on the plan."""
     files = {
         "app.js": _text("wechat/app.js.j2"),
@@ -225,12 +269,9 @@ def _shell_files(config: Config, models: Sequence[tuple[ModelConfig, Entry]]) ->
         f"{HOME_PAGE}.wxml": _text("wechat/pages/index/index.wxml.j2"),
         f"{HOME_PAGE}.wxss": _text("wechat/pages/index/index.wxss.j2"),
     }
-    for m, entry in models:
+    for m in models:
         page = model_page(m.name)
-        inputs = [
-            {"name": n, "shape": [1 if d is None or d < 0 else d for d in shape], "dtype": dtype}
-            for n, shape, dtype in _input_specs(entry)
-        ]
+        inputs = _inputs_data(m)
         files[f"{page}.js"] = _text("wechat/pages/model/index.js.j2", name=m.name, inputs=inputs)
         files[f"{page}.json"] = _text("wechat/pages/model/index.json.j2", name=m.name)
         files[f"{page}.wxml"] = _text("wechat/pages/model/index.wxml.j2")
@@ -251,17 +292,21 @@ def _settings(config: Config) -> dict[str, Any]:
     }
 
 
-def _estimate_generated(models: Sequence[tuple[ModelConfig, Entry]]) -> list[tuple[str, int]]:
+def _estimate_generated(models: Sequence[ModelArtifacts]) -> list[tuple[str, int]]:
     """A generous size for the files that depend on the plan (app.json, models.js, ...)."""
-    per_model = 2048 + 400 * max((e.meta["shards"] for _, e in models), default=0)
+    most_shards = max((len(m.shards) for m in models), default=0)
+    per_model = limits.GENERATED_PER_MODEL_BYTES + limits.GENERATED_PER_SHARD_BYTES * most_shards
     return [
-        ("(generated: app.json, project.config.json, models.js)", 4096 + per_model * len(models))
+        (
+            "(generated: app.json, project.config.json, models.js)",
+            limits.GENERATED_BASE_BYTES + per_model * len(models),
+        )
     ]
 
 
 def _generated(
     config: Config,
-    models: Sequence[tuple[ModelConfig, Entry]],
+    models: Sequence[ModelArtifacts],
     planned: plan.Plan,
     pages: list[str],
 ) -> dict[str, bytes]:
@@ -269,7 +314,7 @@ def _generated(
     subpackages = [
         {"root": plan.RUNTIME_ROOT, "name": plan.RUNTIME_ROOT, "pages": [SUBPACKAGE_PAGE]}
     ]
-    for m, _ in models:
+    for m in models:
         for root in planned.subpackages.get(m.name, ()):
             subpackages.append({"root": root, "name": root, "pages": [SUBPACKAGE_PAGE]})
     app: dict[str, Any] = {
@@ -292,7 +337,7 @@ def _generated(
         }
     include = [
         {"type": "folder", "value": root}
-        for m, _ in models
+        for m in models
         for root in planned.subpackages.get(m.name, ())
     ]
     project = {
@@ -329,9 +374,9 @@ def _generated(
             "name": m.name,
             "format": m.format,
             "delivery": planned.delivery[m.name],
-            "size": f"{e.meta['brotli_bytes'] / 1024:,.0f} KB",
+            "size": f"{m.brotli_bytes / 1024:,.0f} KB",
         }
-        for m, e in models
+        for m in models
     ]
     return {
         "app.json": _text("wechat/app.json.j2", app=app),
@@ -344,20 +389,19 @@ def _generated(
 
 
 def _models_data(
-    config: Config, models: Sequence[tuple[ModelConfig, Entry]], planned: plan.Plan
+    config: Config, models: Sequence[ModelArtifacts], planned: plan.Plan
 ) -> dict[str, Any]:
     data = {}
-    for m, entry in models:
-        h = entry.meta["hash"]
+    for m in models:
+        h = m.hash
         remote = planned.delivery[m.name] == "remote"
         roots = planned.subpackages.get(m.name, ())
-        where = _file_roots(m, entry, planned)
+        where = _file_roots(m, planned)
         base = f"{config.wechat.remote_base_url}{m.name}/{h}/" if remote else None
-        model_json = entry.read(MODEL_JSON)
+        model_json = m.model_json
         shards: list[dict[str, Any]] = []
-        for name in _shard_names(entry):
-            raw = entry.read(name)
-            br = entry.read(name + BROTLI_SUFFIX)
+        for shard in m.shards:
+            name, raw, br = shard.name, shard.raw, shard.brotli
             shards.append(
                 {
                     "path": None
@@ -384,10 +428,7 @@ def _models_data(
             },
             "shards": shards,
             "weightBytes": sum(s["rawBytes"] for s in shards),
-            "inputs": [
-                {"name": n, "shape": [1 if d is None or d < 0 else d for d in shape], "dtype": t}
-                for n, shape, t in _input_specs(entry)
-            ],
+            "inputs": _inputs_data(m),
         }
     return data
 
@@ -395,36 +436,40 @@ def _models_data(
 # --- model subpackages ----------------------------------------------------------------------
 
 
-def _model_files(m: ModelConfig, entry: Entry) -> plan.ModelFiles:
-    h = entry.meta["hash"]
+def _inputs_data(m: ModelArtifacts) -> list[dict[str, Any]]:
+    """The model's inputs as the glue reads them, each free size taken as 1."""
+    return [{"name": s.name, "shape": s.example_shape(), "dtype": s.dtype} for s in m.inputs]
+
+
+def _model_files(m: ModelArtifacts) -> plan.ModelFiles:
     return plan.ModelFiles(
         name=m.name,
-        delivery=m.delivery,
-        model_json=(f"{h}/{MODEL_JSON}", len(entry.read(MODEL_JSON))),
+        delivery=m.model.delivery,
+        model_json=(f"{m.hash}/{MODEL_JSON}", len(m.model_json)),
         shards=tuple(
-            (f"{h}/{name}{BROTLI_SUFFIX}", len(entry.read(name + BROTLI_SUFFIX)))
-            for name in _shard_names(entry)
+            (f"{m.hash}/{shard.name}{BROTLI_SUFFIX}", len(shard.brotli)) for shard in m.shards
         ),
-        preload=m.preload,
+        preload=m.model.preload,
     )
 
 
-def _file_roots(m: ModelConfig, entry: Entry, planned: plan.Plan) -> dict[str, str]:
+def _file_roots(m: ModelArtifacts, planned: plan.Plan) -> dict[str, str]:
     """Artifact file name → the subpackage root it was planned into."""
     where = {}
     for package in planned.packages:
         if package.model != m.name:
             continue
         for path, _ in package.files:
-            prefix = f"{m.name}/{entry.meta['hash']}/"
+            prefix = f"{m.name}/{m.hash}/"
             if path.startswith(prefix):
                 where[path[len(prefix) :]] = package.root
     return where
 
 
-def _model_subpackages(m: ModelConfig, entry: Entry, planned: plan.Plan) -> dict[str, bytes]:
+def _model_subpackages(m: ModelArtifacts, planned: plan.Plan) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
-    h = entry.meta["hash"]
+    h = m.hash
+    contents = m.files
     for package in planned.packages:
         if package.model != m.name:
             continue
@@ -432,7 +477,7 @@ def _model_subpackages(m: ModelConfig, entry: Entry, planned: plan.Plan) -> dict
         for path, _ in package.files:
             prefix = f"{m.name}/{h}/"
             if path.startswith(prefix):
-                files[f"{package.root}/{path}"] = entry.read(path[len(prefix) :])
+                files[f"{package.root}/{path}"] = contents[path[len(prefix) :]]
                 own.append(path)
         content = {"model": m.name, "hash": h, "files": own}
         files[f"{package.root}/index.js"] = _text("wechat/subpackage/index.js.j2", content=content)
@@ -475,17 +520,6 @@ def _package_of(path: str, planned: plan.Plan) -> str:
         if first == package.root:
             return package.root
     return plan.MAIN_ROOT
-
-
-def _shard_names(entry: Entry) -> list[str]:
-    doc = json.loads(entry.read(MODEL_JSON))
-    return [p for group in doc["weightsManifest"] for p in group["paths"]]
-
-
-def _input_specs(entry: Entry) -> list[tuple[str, list[int | None], str]]:
-    from bundler.models.convert import input_specs
-
-    return input_specs(json.loads(entry.read(MODEL_JSON)))
 
 
 def _sha256(data: bytes) -> str:

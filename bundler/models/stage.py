@@ -1,0 +1,187 @@
+"""The model stage: every model of the manifest → verified ModelArtifacts.
+
+fingerprint → (cache hit? reuse : convert → quantize + shard → cache) → verify in each tfjs
+runtime the targets load the models with (results kept in the cache entry) → ModelArtifacts.
+TensorFlow is imported only when a model must really be converted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bundler.errors import ModelError
+from bundler.manifest import Config, ModelConfig
+from bundler.models import cache, pack
+from bundler.models.artifacts import (
+    BROTLI_SUFFIX,
+    MODEL_JSON,
+    ModelArtifacts,
+    Shard,
+    shard_names,
+    tensor_specs,
+)
+from bundler.models.cache import Cache, Entry
+from bundler.models.convert import Converted
+from bundler.models.verify import Check, verify
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+# Unquantized weights should match TensorFlow to rounding; more means something is wrong.
+FLOAT_TOLERANCE = 1e-3
+
+
+@dataclass
+class Loaded:
+    """The models of one build, each with its cache entry, and what it took to get them."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    converted: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+
+
+def load(config: Config, say: Progress) -> Loaded:
+    """Every model's cache entry, converting those whose fingerprint is new."""
+    store = Cache(config.project.cache_dir)
+    loaded = Loaded()
+    # One conversion serves every model of this build with the same source and format:
+    # quantization and sharding come after it.
+    conversions: dict[tuple[Path, str], Converted] = {}
+    for model in config.models:
+        loaded.entries[model.name] = _entry(config, model, store, say, loaded, conversions)
+    return loaded
+
+
+def fingerprint(config: Config, model: ModelConfig) -> str:
+    """The build cache's key for a model of this manifest: its inputs and the options."""
+    options = {
+        "shard_cap": config.shard_cap(model),
+        "brotli_quality": config.project.brotli_quality,
+    }
+    return cache.fingerprint(model, options)
+
+
+def _entry(
+    config: Config,
+    model: ModelConfig,
+    store: Cache,
+    say: Progress,
+    loaded: Loaded,
+    conversions: dict[tuple[Path, str], Converted],
+) -> Entry:
+    key = fingerprint(config, model)
+    entry = store.get(key)
+    if entry is not None:
+        loaded.reused.append(model.name)
+        return entry
+    say(
+        f"converting {model.name} ({model.input.kind} → {model.format}, "
+        f"quantize {_quantize_label(model)})"
+    )
+    from bundler.models.convert import convert  # imports nothing heavy; TensorFlow loads lazily
+    from bundler.models.weights import param_count
+
+    converted = conversions.get((model.source, model.format))
+    if converted is None:
+        try:
+            converted = convert(model, verify=True)
+        except ModelError as err:
+            raise err.of(model.name) from err.__cause__
+        conversions[(model.source, model.format)] = converted
+    cap, quality = config.shard_cap(model), config.project.brotli_quality
+    files, _ = pack.build_files(converted, model.quantize, cap, quality)
+    meta = {
+        "params": param_count(converted.groups),
+        "source_bytes": cache.source_bytes(model),
+        "errors": {},
+    }
+    reference = list(converted.reference) if converted.reference is not None else []
+    entry = store.put(key, files, meta, list(converted.inputs), reference)
+    loaded.converted.append(model.name)
+    return entry
+
+
+def verify_all(config: Config, loaded: Loaded, say: Progress) -> list[str]:
+    """Verify each model in each runtime it ships with; record errors in its cache entry.
+
+    Returns the warnings for the report. Raises VerifyError when a model fails to load or run.
+    """
+    warnings = []
+    checked = [m for m in config.models if m.verify and config.project.verify]
+    for model in config.models:
+        if model not in checked:
+            warnings.append(
+                f'model "{model.name}": not verified (verify = false): nothing checked that '
+                "the tfjs runtime loads it and predicts what the source model predicts"
+            )
+    entries = loaded.entries
+    for version in config.tfjs_versions():
+        todo = [m for m in checked if version not in entries[m.name].meta["errors"]]
+        if not todo:
+            continue
+        say(f"verifying {', '.join(m.name for m in todo)} in tfjs {version}")
+        checks = []
+        for m in todo:
+            entry = entries[m.name]
+            inputs, reference = entry.verify_data()
+            checks.append(
+                Check(
+                    name=m.name,
+                    model_json=entry.folder / MODEL_JSON,
+                    format=m.format,
+                    inputs=tuple(inputs),
+                    reference=tuple(reference) if reference else None,
+                    source_json=m.input.path if not reference else None,
+                )
+            )
+        errors = verify(checks, version, progress=say)
+        for m in todo:
+            entries[m.name] = entries[m.name].with_errors({version: errors[m.name]})
+    for m in checked:
+        for version, error in entries[m.name].meta["errors"].items():
+            if m.quantize.is_none and error > FLOAT_TOLERANCE:
+                warnings.append(
+                    f'model "{m.name}": unquantized, yet tfjs {version} differs from the source '
+                    f"by up to {error:.3g}; check the model's ops"
+                )
+    return warnings
+
+
+def artifacts(config: Config, loaded: Loaded) -> tuple[ModelArtifacts, ...]:
+    """The manifest's models as targets see them, in manifest order."""
+    return tuple(_artifacts(m, loaded.entries[m.name]) for m in config.models)
+
+
+def _artifacts(model: ModelConfig, entry: Entry) -> ModelArtifacts:
+    model_json = entry.read(MODEL_JSON)
+    doc = json.loads(model_json)
+    inputs, reference = entry.verify_data()
+    specs_in, specs_out = tensor_specs(doc, tuple(reference))
+    return ModelArtifacts(
+        model=model,
+        hash=entry.content_hash,
+        model_json=model_json,
+        model_json_br=entry.read(MODEL_JSON + BROTLI_SUFFIX),
+        doc=doc,
+        shards=tuple(
+            Shard(name, entry.read(name), entry.read(name + BROTLI_SUFFIX))
+            for name in shard_names(doc)
+        ),
+        inputs=specs_in,
+        outputs=specs_out,
+        verify_inputs=tuple(inputs),
+        reference=tuple(reference),
+        params=entry.meta["params"],
+        source_bytes=entry.meta["source_bytes"],
+        errors=dict(entry.meta["errors"]),
+    )
+
+
+def _quantize_label(model: ModelConfig) -> str:
+    label = model.quantize.label
+    return label if isinstance(label, str) else json.dumps(label)
