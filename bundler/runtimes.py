@@ -31,16 +31,20 @@ _STDERR_TAIL_LINES = 20
 _VERSION_RE = re.compile(r"^\d+(?:\.\d+){2}(?:-[0-9A-Za-z][0-9A-Za-z.]*)?$")
 _PACKAGE_RE = re.compile(r"^(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*$")
 
+SKIP_VERIFY = "set verify = false in bundle.toml to skip verification"
 NO_NODE = (
     "node was not found on PATH: the bundler verifies models in the real tfjs runtime and "
-    "needs Node.js 18 or newer; install it (https://nodejs.org), or set verify = false in "
-    "bundle.toml to skip verification"
+    f"needs Node.js 18 or newer; install it (https://nodejs.org), or {SKIP_VERIFY}"
 )
-_NO_NPM = (
-    "npm was not found on PATH: the bundler installs @tensorflow/tfjs with npm to verify "
-    "models; install Node.js with npm (https://nodejs.org), or set verify = false in "
-    "bundle.toml to skip verification"
-)
+
+
+def _missing(tool: str, purpose: str, hint: str) -> str:
+    """What to do when node or npm is missing for an install."""
+    text = (
+        f"{tool} was not found on PATH: the bundler installs {purpose} with npm on first use "
+        "and needs Node.js 18 or newer with npm; install it (https://nodejs.org)"
+    )
+    return f"{text}, or {hint}" if hint else text
 
 
 def run_tool(
@@ -102,9 +106,11 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 
 def ensure_tfjs(version: str, *, log: Callable[[str], None] | None = None) -> Path:
-    """Install @tensorflow/tfjs@version on first use; return its folder."""
+    """Install @tensorflow/tfjs@version on first use to verify models; return its folder."""
     npm = tfjs(version)
-    return ensure_packages(npm.folder, dict(npm.packages), purpose=npm.purpose, log=log)
+    return ensure_packages(
+        npm.folder, dict(npm.packages), purpose=npm.purpose, log=log, hint=SKIP_VERIFY
+    )
 
 
 def ensure_packages(
@@ -113,8 +119,12 @@ def ensure_packages(
     *,
     purpose: str,
     log: Callable[[str], None] | None = None,
+    hint: str = "",
 ) -> Path:
-    """Install npm `packages` (name → exact version) on first use into node_cache_dir()/folder."""
+    """Install npm `packages` (name → exact version) on first use into node_cache_dir()/folder.
+
+    `hint` is what else the user can do when node or npm is missing.
+    """
     for name, version in packages.items():
         if not _VERSION_RE.match(version) or not _PACKAGE_RE.match(name):
             raise ToolError(f"{name}@{version} is not an npm package name and exact version")
@@ -124,10 +134,10 @@ def ensure_packages(
         return target
 
     if shutil.which("node") is None:
-        raise ToolError(NO_NODE)
+        raise ToolError(_missing("node", purpose, hint))
     npm = shutil.which("npm")
     if npm is None:
-        raise ToolError(_NO_NPM)
+        raise ToolError(_missing("npm", purpose, hint))
 
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -218,7 +228,7 @@ def tfjs(version: str) -> NpmSet:
     return NpmSet(
         f"tfjs-{version}",
         (("@tensorflow/tfjs", version),),
-        f"@tensorflow/tfjs {version} for verification",
+        f"@tensorflow/tfjs {version}",
     )
 
 

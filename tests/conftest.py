@@ -29,15 +29,29 @@ from typing import Any
 import numpy as np
 import pytest
 
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
-    if missing:
-        pytest.exit(f"the test suite needs {' and '.join(missing)} on PATH (Node.js 18+)", 1)
-
-
-# Node and npm are required, never skipped: without them nothing proves the bundle loads.
+# Tests that run node or npm (tfjs verification, the wechat target, the web target's local
+# tf.min.js, the node scripts under tests/) carry this marker; the others run without Node.
+# A marked test is never skipped: without node and npm it fails, since nothing else proves
+# the bundle loads in tfjs.
 needs_node = pytest.mark.needs_node
+
+
+def _missing_node_tools() -> list[str]:
+    return [tool for tool in ("node", "npm") if shutil.which(tool) is None]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a needs_node test before its fixtures run when node or npm is not on PATH."""
+    if item.get_closest_marker("needs_node") is None:
+        return
+    missing = _missing_node_tools()
+    if missing:
+        pytest.fail(
+            f"needs {' and '.join(missing)} on PATH (Node.js 18+): install "
+            f"{'it' if len(missing) == 1 else 'them'}, or deselect with -m 'not needs_node'",
+            pytrace=False,
+        )
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,7 @@ def test_empty_h5(tf: Site, capsys: pytest.CaptureFixture[str]) -> None:
     ]
 
 
+@needs_node
 def test_missing_source(fast: Site, capsys: pytest.CaptureFixture[str]) -> None:
     shutil.rmtree(fast.root / "models" / "starter")
     source = fast.path("models/starter/model.json")
@@ -190,6 +191,7 @@ def test_saved_model_without_serving_signature(
     ]
 
 
+@needs_node
 def test_tfjs_model_json_naming_a_missing_shard(
     fast: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -203,6 +205,7 @@ def test_tfjs_model_json_naming_a_missing_shard(
     ]
 
 
+@needs_node
 def test_verbose_shows_the_traceback(fast: Site, capsys: pytest.CaptureFixture[str]) -> None:
     (fast.root / "models" / "other" / "group1-shard1of1.bin").unlink()
     code = main(["build", "-v", "bundle.toml"])
@@ -231,6 +234,7 @@ def test_graph_model_with_fused_tanh_fails_verification(
 # --- the manifest ---------------------------------------------------------------------------
 
 
+@needs_node
 def test_unknown_key(fast: Site, capsys: pytest.CaptureFixture[str]) -> None:
     fast.edit_manifest('quantize = "uint8"', 'quantise = "uint8"')
     assert fast.fails(capsys) == [
@@ -239,6 +243,7 @@ def test_unknown_key(fast: Site, capsys: pytest.CaptureFixture[str]) -> None:
     ]
 
 
+@needs_node
 def test_wrong_type(fast: Site, capsys: pytest.CaptureFixture[str]) -> None:
     fast.edit_manifest("verify = false", 'verify = "no"')
     assert fast.fails(capsys) == [
@@ -247,6 +252,7 @@ def test_wrong_type(fast: Site, capsys: pytest.CaptureFixture[str]) -> None:
     ]
 
 
+@needs_node
 def test_duplicate_name(fast: Site, capsys: pytest.CaptureFixture[str]) -> None:
     fast.edit_manifest('name = "other"', 'name = "Starter"')
     assert fast.fails(capsys) == [
@@ -256,6 +262,7 @@ def test_duplicate_name(fast: Site, capsys: pytest.CaptureFixture[str]) -> None:
     ]
 
 
+@needs_node
 def test_unsafe_name(fast: Site, capsys: pytest.CaptureFixture[str]) -> None:
     fast.edit_manifest('name = "starter"', 'name = "../starter"')
     assert fast.fails(capsys) == [
@@ -265,6 +272,7 @@ def test_unsafe_name(fast: Site, capsys: pytest.CaptureFixture[str]) -> None:
     ]
 
 
+@needs_node
 def test_every_manifest_problem_at_once(fast: Site, capsys: pytest.CaptureFixture[str]) -> None:
     fast.edit_manifest('name = "starter"', 'name = "../starter"')
     fast.edit_manifest('name = "other"', 'name = "other"\nshard_bytes = "1MB"')

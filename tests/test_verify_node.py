@@ -253,6 +253,22 @@ def test_missing_node_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path:
         run_in_tfjs([NodeJob("m", tmp_path / "model.json", "graph", ())], "3.21.0")
 
 
+def test_a_target_install_without_node_names_what_it_installs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # verify = false does not help a target that ships or measures npm packages.
+    monkeypatch.setenv("BUNDLER_NODE_CACHE", str(tmp_path))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ToolError) as caught:
+        runtimes.ensure_packages(
+            "wechat-runtime-3.21.0", {"fetch-wechat": "0.0.3"}, purpose="the WeChat runtime"
+        )
+    assert str(caught.value) == (
+        "node was not found on PATH: the bundler installs the WeChat runtime with npm on first "
+        "use and needs Node.js 18 or newer with npm; install it (https://nodejs.org)"
+    )
+
+
 def test_npm_failure_reports_stderr_and_version(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
