@@ -121,20 +121,6 @@ def unsigned_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tanh_h5(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tf_keras Dense(activation="tanh"): as a graph model it needs a fused tanh tfjs lacks."""
-    import tf_keras
-
-    inp = tf_keras.Input((8,), name="features")
-    out = tf_keras.layers.Dense(4, activation="tanh", name="squash")(inp)
-    model = tf_keras.Model(inp, out)
-    _randomize(model, np.random.default_rng(3))  # a zero bias is dropped, and nothing fuses
-    path = tmp_path_factory.mktemp("tanh") / "tanh.h5"
-    model.save(path)
-    return path
-
-
 # --- running the bundler in a fresh interpreter -------------------------------------------------
 
 _ISOLATED = textwrap.dedent(

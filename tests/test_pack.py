@@ -135,3 +135,27 @@ def test_a_cap_no_shard_can_fit_is_a_plan_error() -> None:
     with pytest.raises(PlanError) as info:
         pack.build_files(converted(), NONE, 1024, 9)
     assert str(info.value) == "no shard size fits a brotli budget of 1024 bytes"
+
+
+def test_internal_attributes_leave_graph_nodes_and_functions() -> None:
+    shapes = {"list": {"shape": [{"dim": [{"size": "-3"}]}]}}
+    doc = {
+        "format": "graph-model",
+        "modelTopology": {
+            "node": [
+                {"name": "a", "op": "_FusedMatMul", "attr": {"T": {}, "_input_shapes": shapes}}
+            ],
+            "library": {"function": [{"nodeDef": [{"name": "b", "attr": {"_class": {}, "x": 1}}]}]},
+        },
+    }
+    converted_doc = Converted(doc, [[Weight("w", np.zeros(2, np.float32))]], (), None)
+    files, _ = pack.build_files(converted_doc, NONE, CAP, 9)
+    written = json.loads(files["model.json"])
+    assert written["modelTopology"]["node"][0]["attr"] == {"T": {}}
+    assert written["modelTopology"]["library"]["function"][0]["nodeDef"][0]["attr"] == {"x": 1}
+    assert "_input_shapes" in doc["modelTopology"]["node"][0]["attr"]  # the input is untouched
+
+
+def test_a_layers_model_keeps_its_config_as_it_is() -> None:
+    doc = {"format": "layers-model", "modelTopology": {"_weird": 1, "node": [{"attr": {"_a": 1}}]}}
+    assert pack.without_internal_attrs(doc) == doc

@@ -34,8 +34,9 @@ _TOOLS = ("tensorflow", "tensorflowjs", "keras", "tf-keras")
 _CHUNK = 1 << 20
 # Bump when what an entry holds changes (its layout, the verification inputs): old entries
 # then simply miss, instead of being read as damaged or, worse, reused. 3: no "hash" in
-# the meta (the folder name comes from content_hash) and no derived sizes.
-ENTRY_FORMAT = 3
+# the meta (the folder name comes from content_hash) and no derived sizes. 4: graph nodes
+# without TensorFlow's internal attributes (pack.without_internal_attrs).
+ENTRY_FORMAT = 4
 
 
 def tool_versions() -> dict[str, str]:

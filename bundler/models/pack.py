@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,27 @@ def canonical_json(doc: Any) -> bytes:
     return json.dumps(sort(doc, False), separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def without_internal_attrs(doc: Any) -> Any:
+    """A graph model.json without its nodes' internal attributes (names starting with `_`).
+
+    TensorFlow keeps such attributes out of an op's definition; its optimizer adds them as it
+    sees fit (`_input_shapes` on ops fused where it uses oneDNN, so it depends on the CPU and
+    on TF_ENABLE_ONEDNN_OPTS). No tfjs op reads one, so they only made equal models differ.
+    """
+    topology = doc.get("modelTopology")
+    if doc.get("format") != "graph-model" or not isinstance(topology, dict):
+        return doc
+    nodes = list(topology.get("node", []))
+    for function in (topology.get("library") or {}).get("function", []):
+        nodes += function.get("nodeDef", [])
+    for node in nodes:
+        attrs = node.get("attr")
+        if isinstance(attrs, dict):
+            for name in [n for n in attrs if n.startswith("_")]:
+                del attrs[name]
+    return doc
+
+
 def compress(blobs: list[bytes], quality: int) -> list[bytes]:
     """Brotli every blob, in parallel threads (brotli releases the GIL)."""
     if len(blobs) <= 1:
@@ -61,7 +83,8 @@ def build_files(
         shard_bytes = min(shard_bytes - 1024, shard_bytes * cap // largest - 1024)
         if shard_bytes < 1024:
             raise PlanError(f"no shard size fits a brotli budget of {cap} bytes")
-    doc = {**converted.model_json, "weightsManifest": packed.manifest}
+    doc = {**copy.deepcopy(converted.model_json), "weightsManifest": packed.manifest}
+    doc = without_internal_attrs(doc)
     model_json = canonical_json(doc)
     files = {
         MODEL_JSON: model_json,

@@ -1,6 +1,6 @@
 'use strict';
 // A strict `wx` for Node: what the generated loader glue may call, refusing what WeChat refuses.
-// Every number and message comes from ../../../shared/PLATFORMS.md or the sources named beside it.
+// Every number and message comes from docs/platforms.md or the sources named beside it.
 //
 //   const device = new Device({project, userDir, remote, limits});   // one phone: files + storage
 //   await device.start();                                              // the local CDN
@@ -20,7 +20,7 @@ const zlib = require('zlib');
 const KB = 1024;
 const MB = 1024 * KB;
 
-// PLATFORMS.md, WeChat storage and network tables.
+// docs/platforms.md, WeChat file system, storage and network.
 const DEFAULT_LIMITS = {
   userDataBytes: 200 * MB, // USER_DATA_PATH quota (official file-system doc)
   readFileBytes: 100 * MB, // one file for readFile (official readFile doc)
@@ -37,7 +37,7 @@ const DEFAULT_LIMITS = {
 const KEPT_EXTENSIONS = new Set([
   // code, compiled into the package
   'js', 'json', 'wxml', 'wxss', 'wxs',
-  // PLATFORMS.md list (`.bin` and `.onnx` are dropped)
+  // docs/platforms.md list (`.bin` and `.onnx` are dropped)
   'png', 'jpg', 'jpeg', 'gif', 'svg', 'cer', 'mp3', 'aac', 'm4a', 'mp4', 'wav', 'ogg', 'silk',
   'wasm', 'br', 'cert',
 ]);

@@ -15,7 +15,7 @@ module.exports = {
    }
   ],
   "modelJson": {
-   "bytes": 5082,
+   "bytes": 4743,
    "path": "models-digits-1/digits/{hash:digits}/model.json",
    "sha256": "{sha256:models/digits/{hash:digits}/model.json}",
    "url": null
@@ -53,7 +53,7 @@ module.exports = {
    }
   ],
   "modelJson": {
-   "bytes": 9637,
+   "bytes": 9189,
    "path": "models-digits_cnn-1/digits_cnn/{hash:digits_cnn}/model.json",
    "sha256": "{sha256:models/digits_cnn/{hash:digits_cnn}/model.json}",
    "url": null
