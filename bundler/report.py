@@ -97,7 +97,7 @@ class Report:
         for m in self.models:
             entry = m.to_json()
             for part in self.target_reports.values():
-                entry.update(part.model_json(m.name))
+                entry.update(part.model_fields(m.name))
             models.append(entry)
         doc: dict[str, Any] = {
             "bundler_version": self.bundler_version,

@@ -35,7 +35,7 @@ class TargetReport(Protocol):
         """The keys it adds to the report's top level."""
         ...
 
-    def model_json(self, name: str) -> dict[str, Any]:
+    def model_fields(self, name: str) -> dict[str, Any]:
         """The keys it adds to the report of model `name`."""
         ...
 

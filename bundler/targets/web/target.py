@@ -73,7 +73,7 @@ class WebReport:
         """`web`, at the report's top level."""
         return {"web": dataclasses.asdict(self)}
 
-    def model_json(self, name: str) -> dict[str, Any]:
+    def model_fields(self, name: str) -> dict[str, Any]:
         """Nothing per model."""
         return {}
 

@@ -63,7 +63,7 @@ class WechatReport:
         """`packages`, at the report's top level."""
         return {"packages": [dataclasses.asdict(p) for p in self.packages]}
 
-    def model_json(self, name: str) -> dict[str, Any]:
+    def model_fields(self, name: str) -> dict[str, Any]:
         """`delivery`, in each model's report."""
         return {"delivery": self.delivery[name]}
 
