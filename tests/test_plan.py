@@ -103,9 +103,84 @@ def test_the_subpackage_count_limit_sends_auto_models_remote() -> None:
     ]
 
 
-def test_preload_rules_list_the_models_subpackages_per_page() -> None:
+def test_a_page_preloads_the_runtime_first_then_its_models_subpackages() -> None:
+    # The runtime (1.5 MB) and the model (11 KB and its page) fit the 2 MB together.
     planned = run([model("m", [KB], preload=("pages/big/index",))])
+    assert planned.preload == {"pages/big/index": ("tfjs", "models-m-1")}
+    assert planned.not_preloaded == {}
+    assert planned.preload_warnings == ()
+
+
+def test_no_model_preloaded_means_no_preload_rule_at_all() -> None:
+    planned = run([model("m", [KB])])
+    assert (planned.preload, planned.not_preloaded, planned.preload_warnings) == ({}, {}, ())
+
+
+def test_the_runtime_takes_the_budget_and_models_follow_as_they_fit() -> None:
+    # Alone the two models fit the 2 MB (no error); after the 1.5 MB runtime, a's 610 KB does
+    # not, and b's 110 KB still does. The runtime counts once although both pages preload it.
+    models = [
+        model("a", [600 * KB], preload=("pages/index/index",)),
+        model("b", [100 * KB], preload=("pages/big/index",)),
+    ]
+    planned = run(models)
+    assert planned.preload == {
+        "pages/index/index": ("tfjs",),
+        "pages/big/index": ("tfjs", "models-b-1"),
+    }
+    assert planned.not_preloaded == {"pages/index/index": ("models-a-1",)}
+    assert planned.preload_warnings == (
+        'model "a": models-a-1 (610.3 KB) not preloaded: the tfjs runtime subpackage '
+        "(1,536.0 KB) is preloaded first within the 2,048.0 KB that the main package's pages "
+        "may preload together, and 401.7 KB of it remains; it is downloaded when a page first "
+        "loads the model",
+    )
+    # Not preloaded is not delivered otherwise: a is still in its subpackage.
+    assert planned.delivery == {"a": "package", "b": "package"}
+    assert planned.subpackages["a"] == ("models-a-1",)
+
+
+def test_a_model_in_several_subpackages_is_preloaded_as_far_as_it_fits() -> None:
+    # Small limits, so that a model of two subpackages fits the budget alone (410 + 400 KB of
+    # 1 MB) but not after the 500 KB runtime.
+    limits = dataclasses.replace(LIMITS, subpackage_bytes=600 * KB, preload_bytes=MB)
+    planned = plan(
+        [model("big", [400 * KB, 400 * KB], preload=("pages/big/index",))],
+        limits,
+        main_files=[("app.js", 20 * KB)],
+        runtime_files=[("miniprogram_npm/core.js", 500 * KB)],
+        subpackage_files=SUB_FILES,
+        remote_base_url=None,
+        pages=PAGES,
+    )
+    assert planned.subpackages["big"] == ("models-big-1", "models-big-2")
+    assert planned.preload == {"pages/big/index": ("tfjs", "models-big-1")}
+    assert planned.not_preloaded == {"pages/big/index": ("models-big-2",)}
+    assert planned.preload_warnings == (
+        'model "big": models-big-2 (400.3 KB) not preloaded: the tfjs runtime subpackage '
+        "(500.0 KB) is preloaded first within the 1,024.0 KB that the main package's pages may "
+        "preload together, and 113.7 KB of it remains; it is downloaded when a page first "
+        "loads the model",
+    )
+
+
+def test_a_runtime_over_the_preload_budget_is_left_out_and_the_models_still_preloaded() -> None:
+    limits = dataclasses.replace(LIMITS, preload_bytes=MB)
+    planned = run([model("m", [KB], preload=("pages/big/index",))], limits)
     assert planned.preload == {"pages/big/index": ("models-m-1",)}
+    assert planned.not_preloaded == {"pages/big/index": ("tfjs",)}
+    assert planned.preload_warnings == (
+        "the tfjs runtime subpackage (1,536.0 KB) is not preloaded: it is over the 1,024.0 KB "
+        "that the main package's pages may preload together",
+    )
+
+
+def test_a_page_that_preloads_a_remote_model_preloads_the_runtime() -> None:
+    planned = run(
+        [model("m", [KB], delivery="remote", preload=("pages/big/index",))],
+        remote="https://cdn.example.com/m/",
+    )
+    assert planned.preload == {"pages/big/index": ("tfjs",)}
 
 
 def test_preload_over_the_shared_budget_fails() -> None:

@@ -4,6 +4,11 @@ Weights never go into the main package. `package` delivery packs a model's brotl
 order, into subpackages of at most `subpackage_bytes` each; `remote` leaves them for a CDN;
 `auto` takes package delivery while the model fits the room left and remote otherwise.
 A plan that cannot fit fails with the numbers and what to do.
+
+A page that preloads a model (`preload` in the manifest) preloads the runtime subpackage
+first, since the model cannot run without it, then the model's subpackages, all within the
+one preload budget that the main package's pages share: what does not fit is left out of
+`preloadRule` (and said so in `Plan.preload_warnings`), and downloads when first loaded.
 """
 
 from __future__ import annotations
@@ -56,7 +61,10 @@ class Plan:
     packages: tuple[Package, ...]  # the main package first, then the runtime, then models
     delivery: dict[str, str]  # model → "package" | "remote"
     subpackages: dict[str, tuple[str, ...]]  # model → its subpackage roots, in order
-    preload: dict[str, tuple[str, ...]]  # page → subpackage roots it preloads
+    preload: dict[str, tuple[str, ...]]  # page → the roots it preloads, the runtime first
+    # page → the roots it asked for that the preload budget left out
+    not_preloaded: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    preload_warnings: tuple[str, ...] = ()  # one line per model (or runtime) left out
 
 
 def model_root(model: str, index: int) -> str:
@@ -124,7 +132,9 @@ def plan(
         packages=(main, runtime, *models_first),
         delivery={m.name: delivery[m.name] for m in models},
         subpackages=subpackages,
-        preload=preload,
+        preload=preload.rules,
+        not_preloaded=preload.left_out,
+        preload_warnings=preload.warnings,
     )
 
 
@@ -158,15 +168,27 @@ def _split(
     return packages
 
 
+@dataclass(frozen=True)
+class _Preload:
+    rules: dict[str, tuple[str, ...]]
+    left_out: dict[str, tuple[str, ...]]
+    warnings: tuple[str, ...]
+
+
 def _preload(
     models: Sequence[ModelFiles],
     packages: Sequence[Package],
     subpackages: dict[str, tuple[str, ...]],
     limits: WechatLimits,
     pages: Sequence[str],
-) -> dict[str, tuple[str, ...]]:
-    """preloadRule entries; the main package's pages share one preload budget."""
-    rules: dict[str, list[str]] = {}
+) -> _Preload:
+    """preloadRule entries; the main package's pages share one preload budget.
+
+    The models' subpackages alone must fit the budget (else PlanError: the manifest asks for
+    what can never be preloaded). Each page that preloads a model preloads the runtime first,
+    then the models' subpackages in manifest order, each if it fits what the budget has left.
+    """
+    asked: dict[str, list[str]] = {}
     for model in models:
         for page in model.preload:
             if page not in pages:
@@ -174,18 +196,64 @@ def _preload(
                     f'model "{model.name}": preload names the page "{page}", which the app does '
                     f"not have; its pages are: {', '.join(pages)}"
                 )
-            rules.setdefault(page, []).extend(subpackages.get(model.name, ()))
+            asked.setdefault(page, []).extend(subpackages.get(model.name, ()))
     sizes = {p.root: p.bytes for p in packages}
-    roots = {root for page_roots in rules.values() for root in page_roots}
+    roots = {root for page_roots in asked.values() for root in page_roots}
     total = sum(sizes[r] for r in roots)
     if total > limits.preload_bytes:
-        listed = ", ".join(f"{page} ({', '.join(r)})" for page, r in rules.items())
+        listed = ", ".join(f"{page} ({', '.join(r)})" for page, r in asked.items() if r)
         raise PlanError(
             f"the main package's pages preload {_kb(total)} of subpackages ({listed}), over the "
             f"{_kb(limits.preload_bytes)} that the pages of one package may preload together; "
             "preload fewer models, or quantize them"
         )
-    return {page: tuple(dict.fromkeys(r)) for page, r in rules.items() if r}
+    if not asked:
+        return _Preload({}, {}, ())
+
+    # One budget for all the pages: a root that several pages preload counts once.
+    wanted = [RUNTIME_ROOT, *(r for m in models for r in subpackages.get(m.name, ()) if r in roots)]
+    chosen: list[str] = []
+    refused: list[str] = []
+    for root in wanted:
+        fits = sum(sizes[r] for r in chosen) + sizes[root] <= limits.preload_bytes
+        (chosen if fits else refused).append(root)
+    rules: dict[str, tuple[str, ...]] = {}
+    left_out: dict[str, tuple[str, ...]] = {}
+    for page, page_roots in asked.items():
+        own = [RUNTIME_ROOT, *dict.fromkeys(page_roots)]
+        if preloaded := tuple(r for r in own if r in chosen):
+            rules[page] = preloaded
+        if skipped := tuple(r for r in own if r in refused):
+            left_out[page] = skipped
+    warnings = _preload_warnings(models, subpackages, sizes, chosen, refused, limits)
+    return _Preload(rules, left_out, warnings)
+
+
+def _preload_warnings(
+    models: Sequence[ModelFiles],
+    subpackages: dict[str, tuple[str, ...]],
+    sizes: dict[str, int],
+    chosen: Sequence[str],
+    refused: Sequence[str],
+    limits: WechatLimits,
+) -> tuple[str, ...]:
+    """One line for the runtime, or for each model, that the preload budget left out."""
+    budget = f"the {_kb(limits.preload_bytes)} that the main package's pages may preload together"
+    runtime = f"the tfjs runtime subpackage ({_kb(sizes[RUNTIME_ROOT])})"
+    if RUNTIME_ROOT in refused:  # then every model subpackage fits: they fit alone (checked)
+        return (f"{runtime} is not preloaded: it is over {budget}",)
+    left = _kb(limits.preload_bytes - sum(sizes[r] for r in chosen))
+    warnings = []
+    for model in models:
+        out = [r for r in subpackages.get(model.name, ()) if r in refused]
+        if out:
+            warnings.append(
+                f'model "{model.name}": {", ".join(out)} ({_kb(sum(sizes[r] for r in out))}) '
+                f"not preloaded: {runtime} is preloaded first within {budget}, and {left} of "
+                f"it remains; {'they are' if len(out) > 1 else 'it is'} downloaded when a page "
+                "first loads the model"
+            )
+    return tuple(warnings)
 
 
 def _no_room(
