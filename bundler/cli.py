@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Write a starter bundle.toml and a tiny model, so `bundler build` works.",
     )
     init.add_argument("dir", nargs="?", default=".", help="the folder (default: .)")
+    init.add_argument(
+        "--appid",
+        help="your mini-program's appid (default: asked for when stdin is a terminal, "
+        'else the "touristappid" placeholder, under which tfjsPlugin does not run)',
+    )
     watch = sub.add_parser(
         "watch",
         parents=[common],
@@ -385,13 +390,49 @@ def _shown(paths: Sequence[Path], most: int = 5) -> str:
 
 
 def _init(args: argparse.Namespace, err: Console) -> int:
-    from bundler import starter
+    from bundler import limits, manifest, starter
 
-    written = starter.write(Path(args.dir))
+    folder = Path(args.dir)
+    appid = args.appid
+    if appid is not None and (problem := manifest.appid_problem(appid)) is not None:
+        err.print(f"[bold red]error:[/] --appid {_escape(problem)}")
+        return EXIT_USAGE
+    starter.check_free(folder)  # before asking anything
+    if appid is None and sys.stdin is not None and sys.stdin.isatty():
+        appid = _ask_appid(err)
+    written = starter.write(folder, appid=appid)
     for path in written:
         err.print(f"wrote {_escape(str(path))}")
+    if starter.is_placeholder(appid):
+        note = (
+            f'[wechat] appid is the placeholder "{limits.TOURIST_APPID}", under which '
+            f"tfjsPlugin does not run; put your mini-program's appid in {written[0]}"
+        )
+        err.print(f"[yellow]note:[/] {_escape(note)}")
     err.print(f"next: bundler build {_escape(str(written[0]))}")
     return EXIT_OK
+
+
+def _ask_appid(err: Console) -> str | None:
+    """Ask for the appid until one is given; None (Enter, or end of input): the placeholder."""
+    from bundler import limits, manifest
+
+    prompt = (
+        f'WeChat appid ("wx" and 16 hex digits; Enter for the "{limits.TOURIST_APPID}" '
+        "placeholder): "
+    )
+    while True:
+        try:
+            answer = err.input(_escape(prompt)).strip()
+        except EOFError:
+            err.print()
+            return None
+        if not answer:
+            return None
+        problem = manifest.appid_problem(answer)
+        if problem is None:
+            return answer
+        err.print(_escape(f"{problem}; try again"))
 
 
 def _stdout() -> Console:

@@ -70,6 +70,11 @@ WEB_SHARD_BUDGET_BYTES = 4 * MB
 TFJS_PLUGIN_PROVIDER = "wx6afed118d9e81df9"
 DEFAULT_TFJS_PLUGIN_VERSION = "0.2.0"
 DEFAULT_WECHAT_TFJS_VERSION = "3.21.0"
+# The appid of WeChat DevTools' tourist mode. A project that declares a plugin fails under it
+# with "插件未授权使用" (plugin not authorized): a plugin is added to a real appid in its admin
+# console (official "使用插件" doc, which names the tab 第三方服务; developers call it 第三方设置).
+TOURIST_APPID = "touristappid"
+PLUGIN_CONSOLE = "mp.weixin.qq.com → 设置 → 第三方设置 → 插件管理"
 # The web target loads what tensorflowjs 4.22 (pinned in pyproject.toml) writes with the
 # matching runtime.
 DEFAULT_WEB_TFJS_VERSION = "4.22.0"

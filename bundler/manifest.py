@@ -29,7 +29,15 @@ WEB_CACHES = ("indexeddb", "none")
 # Safe as a folder name, a WeChat subpackage root and a JS string: no `/`, `..`, quotes.
 MODEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 VERSION = re.compile(r"^\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$")
-APPID = re.compile(r"^(touristappid|wx[0-9a-f]{16})$")
+APPID = re.compile(rf"^({limits.TOURIST_APPID}|wx[0-9a-f]{{16}})$")
+# The WeChat target always declares tfjsPlugin (app.json `plugins`), which the tourist appid
+# may not use: the build says so in its warnings.
+TOURIST_APPID_WARNING = (
+    f'wechat.appid is "{limits.TOURIST_APPID}", under which WeChat runs no plugin: tfjsPlugin '
+    'fails with "插件未授权使用" (plugin not authorized). Set it to your mini-program\'s appid, '
+    f"and add tfjsPlugin ({limits.TFJS_PLUGIN_PROVIDER}) to that appid at "
+    f"{limits.PLUGIN_CONSOLE}"
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,7 @@ class ProjectConfig:
 class WechatConfig:
     """The `[wechat]` table."""
 
-    appid: str = "touristappid"
+    appid: str = limits.TOURIST_APPID
     plugin_version: str = limits.DEFAULT_TFJS_PLUGIN_VERSION
     tfjs_version: str = limits.DEFAULT_WECHAT_TFJS_VERSION
     remote_base_url: str | None = None
@@ -123,6 +131,12 @@ class Config:
 
         versions = [target.tfjs_version(self) for target in targets.of(self)]
         return tuple(dict.fromkeys(v for v in versions if v is not None))
+
+    def warnings(self) -> tuple[str, ...]:
+        """What is valid yet will not work as it stands, one line each, for the report."""
+        if "wechat" in self.project.targets and self.wechat.appid == limits.TOURIST_APPID:
+            return (TOURIST_APPID_WARNING,)
+        return ()
 
 
 def load(path: Path | str | None = None) -> Config:
@@ -353,7 +367,7 @@ class _Validator:
         if remote is not None and not remote.endswith("/"):
             remote += "/"
         return WechatConfig(
-            appid=self.get(data, "appid", w, str, base.appid, _appid),
+            appid=self.get(data, "appid", w, str, base.appid, appid_problem),
             plugin_version=self.get(data, "plugin_version", w, str, base.plugin_version, _version),
             tfjs_version=self.get(data, "tfjs_version", w, str, base.tfjs_version, _version),
             remote_base_url=remote,
@@ -553,10 +567,14 @@ def _version(value: str) -> str | None:
     return None if VERSION.match(value) else f'{_show(value)} is not a version like "3.21.0"'
 
 
-def _appid(value: str) -> str | None:
+def appid_problem(value: str) -> str | None:
+    """Why `value` is not a WeChat appid, or None when it is one."""
     if APPID.match(value):
         return None
-    return f'{_show(value)} is not an appid; expected "wx" and 16 hex digits, or "touristappid"'
+    return (
+        f'{_show(value)} is not an appid; expected "wx" and 16 hex digits, '
+        f'or "{limits.TOURIST_APPID}"'
+    )
 
 
 def _https_url(value: str) -> str | None:

@@ -2,6 +2,10 @@
 
 The model is a TensorFlow.js LayersModel written with numpy (a dense layer from 4 numbers
 to 3 classes), so `init` and the first build need no TensorFlow at all.
+
+Without an appid, the manifest gets the tourist appid under a loud PLACEHOLDER comment: it
+still builds (every build warns), and it opens in WeChat DevTools, where only tfjsPlugin fails;
+an invented appid would pass the manifest's check and fail in DevTools with no word from us.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bundler import manifest
+from bundler import limits, manifest
 from bundler.errors import BundlerError
 from bundler.models import weights
 from bundler.render import render
@@ -19,16 +23,31 @@ from bundler.render import render
 MODEL_DIR = "models/starter"
 
 
-def write(folder: Path) -> list[Path]:
-    """Write bundle.toml and models/starter/ into `folder`; return the paths written."""
-    target = folder / manifest.DEFAULT_MANIFEST
-    model_dir = folder / MODEL_DIR
-    for existing in (target, model_dir):
+def check_free(folder: Path) -> None:
+    """Raise BundlerError if `folder` already holds what `init` would write."""
+    for existing in (folder / manifest.DEFAULT_MANIFEST, folder / MODEL_DIR):
         if existing.exists():
             raise BundlerError(
                 f"{existing} already exists; `bundler init` writes only into a folder "
                 "without a bundle.toml or models/starter"
             )
+
+
+def is_placeholder(appid: str | None) -> bool:
+    """True when `appid` leaves the manifest with the tourist appid, a placeholder."""
+    return appid is None or appid == limits.TOURIST_APPID
+
+
+def write(folder: Path, appid: str | None = None) -> list[Path]:
+    """Write bundle.toml and models/starter/ into `folder`; return the paths written.
+
+    `appid` is the mini-program's; None (or the tourist appid) writes the placeholder.
+    """
+    if appid is not None and (problem := manifest.appid_problem(appid)) is not None:
+        raise BundlerError(problem)
+    check_free(folder)
+    target = folder / manifest.DEFAULT_MANIFEST
+    model_dir = folder / MODEL_DIR
     model_dir.mkdir(parents=True)
     rng = np.random.default_rng(0)
     kernel = rng.normal(0.0, 0.5, size=(4, 3)).astype(np.float32)
@@ -68,5 +87,15 @@ def write(folder: Path) -> list[Path]:
     }
     (model_dir / "model.json").write_text(json.dumps(model_json, indent=1) + "\n")
     name = folder.resolve().name or "starter"
-    target.write_text(render("init/bundle.toml.j2", name=name, source=f"{MODEL_DIR}/model.json"))
+    text = render(
+        "init/bundle.toml.j2",
+        name=name,
+        source=f"{MODEL_DIR}/model.json",
+        appid=appid,
+        placeholder=is_placeholder(appid),
+        tourist=limits.TOURIST_APPID,
+        provider=limits.TFJS_PLUGIN_PROVIDER,
+        console=limits.PLUGIN_CONSOLE,
+    )
+    target.write_text(text, encoding="utf-8")
     return [target, model_dir / "model.json"]
