@@ -1,9 +1,16 @@
-"""The only writer of the output folder: a whole tree written beside it, then swapped in."""
+"""The only writer of the output folder: a whole tree written beside it, then swapped in.
+
+A rebuild replaces only what the build wrote. `OWNED` (at the top of `out`) lists the files of
+the last build; any other file or folder under `out` (what WeChat DevTools writes, such as
+`project.private.config.json`, or the user's own) is carried into the new tree by hard link,
+untouched. An `out` without that record is an older bundle: all of it was the build's.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import shutil
@@ -19,18 +26,49 @@ _AT_FDCWD = -100
 # moved out of the way where paths cannot be exchanged atomically.
 _NEW = "new"
 _OLD = "old"
+OWNED = ".bundler-owned.json"
+
+
+def owned(out: Path) -> set[str] | None:
+    """The files the last build wrote to `out`, or None when it left no record."""
+    try:
+        data = json.loads((out / OWNED).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        return None
+    return {str(p) for p in data["files"]} | {OWNED}
+
+
+def foreign(out: Path) -> list[str]:
+    """What under `out` the build did not write: files, links and empty folders, relative."""
+    mine = owned(out)
+    if mine is None or not out.is_dir():
+        return []
+    found = []
+    for root, dirs, names in os.walk(out):
+        base = Path(root)
+        for name in [*names, *(d for d in dirs if (base / d).is_symlink())]:
+            rel = str((base / name).relative_to(out))
+            if rel not in mine:
+                found.append(rel)
+        if not dirs and not names and base != out:
+            found.append(str(base.relative_to(out)) + "/")
+    return sorted(found)
 
 
 def unchanged(out: Path, files: Mapping[str, bytes]) -> bool:
-    """True when `out` already holds exactly these files with these bytes."""
-    if not out.is_dir():
-        return False
-    present = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-    if present != set(files):
+    """True when `out` already holds exactly these files with these bytes, beside what is
+    not the build's."""
+    files = _with_record(files)
+    if not out.is_dir() or owned(out) != set(files):
         return False
     for rel, data in files.items():
         path = out / rel
-        if path.stat().st_size != len(data) or path.read_bytes() != data:
+        try:
+            if path.stat().st_size != len(data) or path.read_bytes() != data:
+                return False
+        except OSError:
             return False
     return True
 
@@ -52,6 +90,7 @@ def write_tree(out: Path, files: Mapping[str, bytes]) -> bool:
     """
     if unchanged(out, files):
         return False
+    files = _with_record(files)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(out, _NEW), dir=out.parent))
     try:
@@ -59,11 +98,41 @@ def write_tree(out: Path, files: Mapping[str, bytes]) -> bool:
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+        for rel in foreign(out):
+            _carry(out, tmp, rel, files)
         os.chmod(tmp, 0o755)
         _swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return True
+
+
+def _with_record(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    record = {
+        "generator": "model bundler",
+        "note": "The files the last build wrote; a rebuild replaces these and keeps the rest.",
+        "files": sorted(files),
+    }
+    return {**files, OWNED: (json.dumps(record, indent=1) + "\n").encode("utf-8")}
+
+
+def _carry(out: Path, new: Path, rel: str, files: Mapping[str, bytes]) -> None:
+    """Put the user's `rel` from `out` into the new tree as it is (a hard link: no copy)."""
+    if rel.rstrip("/") in files:
+        log.warning("%s: the build now writes this file; the one there was replaced", out / rel)
+        return
+    source, target = out / rel, new / rel
+    if rel.endswith("/"):
+        target.mkdir(parents=True, exist_ok=True)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_symlink():
+        os.symlink(os.readlink(source), target)
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def _swap_in(new: Path, out: Path) -> None:

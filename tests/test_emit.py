@@ -20,10 +20,11 @@ SECOND = {
 
 
 def tree(folder: Path) -> dict[str, bytes]:
+    """The files under `folder`, less the record of what the build wrote."""
     return {
         p.relative_to(folder).as_posix(): p.read_bytes()
         for p in sorted(folder.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != emit.OWNED
     }
 
 
@@ -61,22 +62,56 @@ def test_a_changed_byte_rewrites_the_tree(tmp_path: Path) -> None:
     assert tree(out) == changed
 
 
-def test_tree_is_replaced_whole(tmp_path: Path) -> None:
+def test_what_the_build_wrote_is_replaced_whole_and_the_rest_kept(tmp_path: Path) -> None:
     out = tmp_path / "dist"
     emit.write_tree(out, FIRST)
-    (out / "stray.txt").write_text("left by hand")
+    # What DevTools and the user add: a file at the top, one inside a generated folder, an
+    # empty folder, a symlink.
+    (out / "project.private.config.json").write_text('{"setting": {}}')
+    (out / "models" / "a" / "notes.txt").write_text("mine")
+    (out / "tfjs" / "node_modules").mkdir(parents=True)
+    (out / "link").symlink_to("models")
     assert emit.write_tree(out, SECOND) is True
-    assert tree(out) == SECOND
-    assert not (out / "models" / "a").exists()
+    assert tree(out) == {
+        **SECOND,
+        "project.private.config.json": b'{"setting": {}}',
+        "models/a/notes.txt": b"mine",
+    }
+    assert not (out / "models" / "a" / "1234").exists()
+    assert (out / "tfjs" / "node_modules").is_dir()
+    assert (out / "link").is_symlink() and str((out / "link").readlink()) == "models"
+    assert emit.foreign(out) == [
+        "link",
+        "models/a/notes.txt",
+        "project.private.config.json",
+        "tfjs/node_modules/",
+    ]
     assert leftovers(tmp_path) == []
 
 
-def test_an_extra_file_in_the_old_tree_is_a_change(tmp_path: Path) -> None:
+def test_a_file_added_beside_the_bundle_is_no_change(tmp_path: Path) -> None:
     out = tmp_path / "dist"
     emit.write_tree(out, FIRST)
     (out / "stray.txt").write_text("left by hand")
+    assert emit.write_tree(out, FIRST) is False
+    assert tree(out) == {**FIRST, "stray.txt": b"left by hand"}
+
+
+def test_a_generated_file_removed_by_hand_is_a_change(tmp_path: Path) -> None:
+    out = tmp_path / "dist"
+    emit.write_tree(out, FIRST)
+    (out / "models/a/1234/model.json").unlink()
     assert emit.write_tree(out, FIRST) is True
     assert tree(out) == FIRST
+
+
+def test_an_older_bundle_without_a_record_is_all_the_builds(tmp_path: Path) -> None:
+    out = tmp_path / "dist"
+    emit.write_tree(out, FIRST)
+    (out / emit.OWNED).unlink()
+    (out / "stray.txt").write_text("from an older build")
+    assert emit.write_tree(out, SECOND) is True
+    assert tree(out) == SECOND
 
 
 def test_tree_is_replaced_whole_without_an_atomic_exchange(
