@@ -83,7 +83,8 @@ function readInput(tf, job) {
   const bytes = fs.readFileSync(job.input.file);
   const aligned = new Uint8Array(bytes.byteLength);
   aligned.set(bytes);
-  return tf.tensor(new Float32Array(aligned.buffer), job.input.shape, 'float32');
+  // The runtime runs in the app's realm, where Node's typed arrays are not its own.
+  return tf.tensor(Array.from(new Float32Array(aligned.buffer)), job.input.shape, 'float32');
 }
 
 async function predict(tf, model, job) {
@@ -137,9 +138,12 @@ async function loadOnce(device, job, route, memoryArtifacts) {
     const handler = route === 'storage' ? io.localStorageIO(job.storage_key)
       : route === 'storage-sync' ? io.localStorageIOSyncReads(job.storage_key)
         : {load: async () => memoryArtifacts};
+    const {setup} = app.require('bundler/loader.js');
     collect();
     start = performance.now();
-    const {tf} = await requireFromLoader.async('../tfjs/index.js');
+    // As any app must before tfjs runs in WeChat: the runtime, and tfjsPlugin configured once
+    // (loadModel does the same on the file route).
+    const {tf} = await setup();
     model = await tf.loadGraphModel(handler);
   }
   const ms = performance.now() - start;

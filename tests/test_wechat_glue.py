@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")
 
 import dataclasses
+import hashlib
 import json
 import re
 import shutil
@@ -48,7 +49,7 @@ CONCURRENCY = limits.WechatLimits().concurrent_requests
 STORAGE_KEY_BYTES = limits.WechatLimits().storage_key_bytes
 STORAGE_TOTAL_BYTES = limits.WechatLimits().storage_total_bytes
 ATOL = 1e-5
-GLUE_BUDGET = 16 * 1024  # it ships in the main package, beside the app
+GLUE_BUDGET = 24 * 1024  # it ships in the main package, beside the app
 MB = 1024 * 1024
 
 
@@ -99,6 +100,7 @@ class Builds:
     b: Project  # digits retrained: a new version, remote
     s: Project  # storage cache: big (layers, remote, shards over 1 MB), digits (graph, remote)
     s2: Project  # storage cache: digits retrained
+    c: Project  # flow (graph with control flow: predict/execute cannot run it), package delivery
 
 
 X = np.random.default_rng(5).random((4, 64), dtype=np.float32)
@@ -121,6 +123,29 @@ def _mlp(tf_keras: Any, widths: Sequence[int], seed: int, path: Path) -> Source:
         warnings.simplefilter("ignore")  # "HDF5 ... is considered legacy"
         model.save(path)
     return Source(path, np.asarray(model(X), dtype=np.float32))
+
+
+def _control_flow(tf: Any, path: Path) -> Source:
+    """A SavedModel whose graph branches on its input (tf.cond): tfjs runs it with executeAsync."""
+    rng = np.random.default_rng(7)
+
+    class Flow(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = tf.Variable(rng.normal(0.0, 0.2, (64, 10)).astype(np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="pixels")])
+        def __call__(self, pixels: Any) -> Any:
+            logits = tf.matmul(pixels, self.w)
+            return tf.cond(
+                tf.reduce_sum(logits) > 0.0,
+                lambda: tf.nn.softmax(logits),
+                lambda: tf.nn.softmax(-logits),
+            )
+
+    flow = Flow()
+    tf.saved_model.save(flow, str(path), signatures={"serving_default": flow.__call__})
+    return Source(path, np.asarray(flow(X), dtype=np.float32))
 
 
 def _model_toml(name: str, source: Path, fmt: str, delivery: str, shard: int | None) -> str:
@@ -168,6 +193,7 @@ def _build(
 
 @pytest.fixture(scope="session")
 def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
+    import tensorflow as tf
     import tf_keras
 
     root = tmp_path_factory.mktemp("glue-builds")
@@ -194,6 +220,12 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
             [("big", big, "layers", "remote", None), ("digits", v1, "graph", "remote", small)],
         ),
         s2=_build(root, "s2", "storage", [("digits", v2, "graph", "remote", small)]),
+        c=_build(
+            root,
+            "c",
+            "file",
+            [("flow", _control_flow(tf, root / "flow_saved_model"), "graph", "package", None)],
+        ),
     )
 
 
@@ -251,7 +283,10 @@ def run(
     limits_: dict[str, int] | None = None,
     delay_ms: int = 40,
 ) -> list[dict[str, Any]]:
-    """Run the steps on one simulated phone; return the records of the "load" steps."""
+    """Run the steps on one simulated phone; return the records of the steps that report.
+
+    Those are "load", "page", "back", "memory" and "call"; the others only change the phone.
+    """
     tmp.mkdir(parents=True, exist_ok=True)
     out_dir = tmp / "outputs"
     out_dir.mkdir(exist_ok=True)
@@ -283,7 +318,11 @@ def run(
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads((tmp / "result.json").read_text())
     assert result["error"] is None, result["error"] + "\n" + proc.stderr[-2000:]
-    return [r for r in result["records"] if r["op"] in ("load", "page")]
+    return [r for r in result["records"] if r["op"] in ("load", "page", "back", "memory", "call")]
+
+
+BACK = {"op": "back"}  # navigateBack: the current page's onUnload
+MEMORY = {"op": "memory"}  # tfjs's live tensors, configPlugin calls and backends
 
 
 def assert_loaded(record: dict[str, Any], project: Project) -> None:
@@ -465,6 +504,7 @@ def test_simulator_refuses_what_wechat_refuses(tmp_path: Path, tfjs_dir: Path) -
     failed("write_empty", "writeFile:fail data to write is empty", 1301002)
     assert c["mkdir_recursive"]["ok"]
     failed("mkdir_exists", f"mkdir:fail file already exists {USER}/a/b", 1301005)
+    failed("mkdir_recursive_exists", f"mkdir:fail file already exists {USER}/a/b", 1301005)
     assert c["write_ok"]["ok"]
     failed(
         "write_over_quota",
@@ -483,6 +523,9 @@ def test_simulator_refuses_what_wechat_refuses(tmp_path: Path, tfjs_dir: Path) -
     failed("stat_missing", f"stat:fail no such file or directory {USER}/nope", 1300002)
     failed("access_missing", f"access:fail no such file or directory {USER}/nope", 1300002)
     assert c["rmdir_recursive"]["ok"]
+    # getFileInfo: sha256 as asked, or md5 (32 hex digits) from an older client.
+    assert c["file_info_sha256"]["value"]["digest"] == hashlib.sha256(b"\0" * 3).hexdigest()
+    assert c["file_info_old_client"]["value"]["digest"] == hashlib.md5(b"\0" * 3).hexdigest()
     # Storage: 1 MB a key, the total (3 MB in this test) in all.
     failed("storage_key_over_1mb", "setStorage:fail exceed storage item max length")
     assert c["storage_key_ok"]["ok"] and c["storage_key_ok3"]["ok"]
@@ -505,13 +548,39 @@ def test_simulator_refuses_what_wechat_refuses(tmp_path: Path, tfjs_dir: Path) -
     assert eleven["ok"] == 10 and eleven["maxInFlight"] == 10 and eleven["overflows"] == 2
     assert all("exceed max concurrent request count 10" in m for m in eleven["failed"])
     failed("request_timeout", "request:fail timeout")
+    # wx.downloadFile: to a temporary file, progress by bytes; its own domain list; any status.
+    download = c["download"]
+    assert download["ok"] and download["value"]["statusCode"] == 200, download
+    assert re.fullmatch(r"wxfile://tmp_\w+", download["value"]["tempFilePath"])
+    assert download["progress"][-1] == {
+        "progress": 100,
+        "totalBytesWritten": 1000,
+        "totalBytesExpectedToWrite": 1000,
+    }
+    assert c["download_read_temp"]["value"]["data"] == {"byteLength": 1000}
+    assert c["download_404"]["ok"] and c["download_404"]["value"]["statusCode"] == 404
+    failed(
+        "download_http",
+        'downloadFile:fail invalid url "http://models.example.com/bundles/blob.bin"',
+    )
+    failed("download_not_a_download_domain", "downloadFile:fail url not in domain list")
+    failed("download_timeout", "downloadFile:fail timeout")
+    # saveFile moves the temporary file into USER_DATA_PATH.
+    assert c["save_temp"]["value"]["savedFilePath"] == f"{USER}/saved.bin"
+    failed("save_temp_again", "saveFile:fail tempFilePath file not exist", 1301112)
+    assert c["read_saved"]["value"]["data"] == {"byteLength": 1000}
+    # request and downloadFile share the 10 at once.
+    assert c["network_mixed"] == {"ok": 10, "maxInFlight": 10, "overflows": 2}
     # The app's JS sees no Node or browser API, and no Node module.
     assert c["globals_absent"]["value"] == []
     assert not c["node_require_from_app"]["ok"]
     assert "subpackage pkg-b is not loaded" in c["sync_require_unloaded_subpackage"]["errMsg"]
     assert c["tfjs_runtime"] == {"ok": True, "version": TFJS_VERSION, "backend": "cpu"}
-    assert c["plugin_good"] == {"ok": True}
-    assert "was used before" in c["plugin_same_backend_name"]["errMsg"]
+    # tfjsPlugin: one backend per name (the simulator's stands on tfjs's cpu backend).
+    assert c["plugin_good"] == {"ok": True, "backend": "wechat-webgl-1", "sum": 5}
+    assert "is already registered in this app launch" in c["plugin_same_backend_name"]["errMsg"]
+    assert c["plugin_backends"]["configs"] == 1  # the refused calls are not counted
+    assert c["plugin_backends"]["value"] == [{"name": "wechat-webgl-1", "live": True, "lost": True}]
     assert "fetchFunc must be a function" in c["plugin_no_fetch"]["errMsg"]
     assert "backendName must be" in c["plugin_bad_name"]["errMsg"]
     assert "not defined" in c["plugin_unknown"]["errMsg"]
@@ -544,16 +613,132 @@ def test_package_delivery(builds: Builds, tfjs_dir: Path, tmp_path: Path, name: 
 def test_demo_page_configures_the_plugin_and_predicts(
     builds: Builds, tfjs_dir: Path, tmp_path: Path
 ) -> None:
-    """The generated page's onLoad: configPlugin (checked), loadModel, predict, show the times."""
-    steps = [{"op": "page", "page": "pages/pkg/index"}, {"op": "page", "page": "pages/pkg/index"}]
-    first, second = run(builds.a, tmp_path, steps, tfjs_dir)
-    for page in (first, second):
-        assert page["data"]["status"] == "ready", page["data"]
-        assert page["data"]["error"] == "" and page["data"]["progress"] == 100
-        assert page["data"]["loadMs"] >= 0 and page["data"]["predictMs"] >= 0
-        [config] = page["plugin_configs"]
-        assert config["backendName"].startswith("wechat-webgl-")
-    assert first["plugin_configs"] != second["plugin_configs"]
+    """The generated page's onLoad: loadModel (setting tfjsPlugin up once), predict, the times."""
+    page = {"op": "page", "page": "pages/pkg/index"}
+    first, _, second, _ = run(builds.a, tmp_path, [page, BACK, page, BACK], tfjs_dir)
+    for opened in (first, second):
+        assert opened["data"]["status"] == "ready", opened["data"]
+        assert opened["data"]["error"] == "" and opened["data"]["progress"] == 100
+        assert opened["data"]["loadMs"] >= 0 and opened["data"]["predictMs"] >= 0
+    [config] = first["plugin_configs"]
+    assert config["backendName"].startswith("wechat-webgl-")
+    assert second["plugin_configs"] == []  # the backend of the first visit serves the second
+
+
+def _memory(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r["op"] == "memory"]
+
+
+def test_one_plugin_setup_and_one_backend_per_app_life(
+    builds: Builds, tfjs_dir: Path, tmp_path: Path
+) -> None:
+    """Pages come and go: tfjsPlugin is configured once per app launch, on one backend, made
+    again only when the phone loses the WebGL context; each page releases its model."""
+    pkg = {"op": "page", "page": "pages/pkg/index"}
+    graph = {"op": "page", "page": "pages/pkg_graph/index"}
+    steps = [
+        *[pkg, BACK, pkg, BACK, graph, BACK, MEMORY],
+        *[{"op": "lose_webgl_context"}, pkg, MEMORY, BACK, MEMORY],
+        *[{"op": "launch"}, graph, BACK, MEMORY],
+    ]
+    records = run(builds.a, tmp_path, steps, tfjs_dir)
+    for opened in (r for r in records if r["op"] == "page"):
+        assert opened["data"]["status"] == "ready", opened["data"]
+    navigated, after_loss, closed, relaunched = _memory(records)
+
+    assert navigated["plugin_configs"] == 1
+    [backend] = navigated["backends"]
+    assert backend["live"] and not backend["lost"] and navigated["backend"] == backend["name"]
+    assert navigated["tensors"] == 0  # every page released its model on onUnload
+
+    # The lost context's backend is removed; one new backend, on a new canvas, serves the page.
+    assert after_loss["plugin_configs"] == 2
+    old, new = after_loss["backends"]
+    assert old == {"name": backend["name"], "live": False, "lost": True}
+    assert new["live"] and not new["lost"] and after_loss["backend"] == new["name"]
+    assert after_loss["tensors"] > 0 and closed["tensors"] == 0
+
+    # A new launch is a new app life: one setup again.
+    assert relaunched["plugin_configs"] == 1 and len(relaunched["backends"]) == 1
+    assert relaunched["tensors"] == 0
+
+
+def test_the_loader_caches_models_until_released(
+    builds: Builds, tfjs_dir: Path, tmp_path: Path
+) -> None:
+    """loadModel again: the same model, nothing read; release(name) and dispose() free them."""
+    project = builds.a
+    keep = {"op": "load", "models": ["digits"], "release": False}
+
+    def loader(fn: str, *args: str) -> dict[str, Any]:
+        return {"op": "call", "module": "bundler/loader.js", "fn": fn, "args": list(args)}
+
+    steps = [
+        *[keep, keep, MEMORY, loader("release", "digits"), MEMORY],
+        *[keep, {"op": "load", "models": ["pkg"], "release": False}, MEMORY],
+        *[{"op": "lose_webgl_context"}, keep, MEMORY],
+        *[loader("setup"), loader("setup"), MEMORY, loader("dispose"), MEMORY],
+        loader("release", "digits"),
+    ]
+    records = run(project, tmp_path, steps, tfjs_dir)
+    cold, cached, held, released, emptied, reread, pkg, both = records[:8]
+    lost, after_loss, _, _, setups, _, disposed, again = records[8:]
+
+    assert_loaded(cold, project)
+    assert cold["requests"] == project.file_count("digits")
+    [result] = cached["results"]
+    assert result["ok"] and result["same_object_as_last_step"] and result["progress"] == [1]
+    assert cached["requests"] == cached["digests"] == cached["files_written"] == 0
+    assert cached["require_async"] == []
+    assert held["tensors"] > 0
+
+    assert released["value"] is True and emptied["tensors"] == 0  # release disposed it
+    assert_loaded(reread, project)  # loaded again from the file cache, not the network
+    assert not reread["results"][0]["same_object_as_last_step"]
+    assert reread["requests"] == 0 and reread["digests"] == project.file_count("digits")
+    assert_loaded(pkg, project)
+    assert both["tensors"] > held["tensors"]
+
+    # A lost WebGL context takes the loaded models with it: digits is loaded again (from the
+    # cache), pkg is gone, and the new backend was set up once.
+    assert_loaded(lost, project)
+    assert not lost["results"][0]["same_object_as_last_step"] and lost["requests"] == 0
+    assert after_loss["tensors"] == held["tensors"] and after_loss["plugin_configs"] == 2
+    assert setups["plugin_configs"] == 2  # setup() again: nothing new to set up
+    assert disposed["tensors"] == 0  # dispose() released every model
+    assert again["value"] is False
+
+
+def test_demo_page_runs_a_graph_with_control_flow(
+    builds: Builds, tfjs_dir: Path, tmp_path: Path
+) -> None:
+    """predict (execute) cannot run a graph that branches: the page falls back to executeAsync."""
+    page, _, memory = run(
+        builds.c, tmp_path, [{"op": "page", "page": "pages/flow/index"}, BACK, MEMORY], tfjs_dir
+    )
+    assert page["data"]["status"] == "ready", page["data"]
+    assert page["data"]["result"].startswith("largest output: #")
+    assert memory["tensors"] == 0
+
+
+def test_demo_page_disposes_its_inputs_when_predict_throws(
+    builds: Builds, tfjs_dir: Path, tmp_path: Path
+) -> None:
+    """A prediction that throws (here: an input of the wrong shape) leaves no tensor behind."""
+    project = copy_project(builds.a, tmp_path)
+    page_js = project.wechat / "pages/pkg_graph/index.js"
+    text = page_js.read_text()
+    assert '"shape": [1, 64]' in text
+    page_js.write_text(text.replace('"shape": [1, 64]', '"shape": [1, 63]'))
+    model_json = json.loads(
+        (project.wechat / project.entry("pkg_graph")["modelJson"]["path"]).read_text()
+    )
+    weights = sum(len(group["weights"]) for group in model_json["weightsManifest"])
+    steps = [{"op": "page", "page": "pages/pkg_graph/index"}, MEMORY, BACK, MEMORY]
+    page, opened, _, closed = run(project, tmp_path / "run", steps, tfjs_dir)
+    assert page["data"]["status"] == "failed" and "shape" in page["data"]["error"], page["data"]
+    assert opened["tensors"] == weights  # the model's weights, and nothing of the prediction
+    assert closed["tensors"] == 0
 
 
 def test_package_bin_files_are_invisible(builds: Builds, tfjs_dir: Path, tmp_path: Path) -> None:
@@ -593,6 +778,7 @@ def test_remote_cold_then_warm(builds: Builds, tfjs_dir: Path, tmp_path: Path) -
 
     assert_loaded(cold, project)
     assert cold["requests"] == n and len(set(cold["request_urls"])) == n
+    assert cold["by_api"] == {"downloadFile": n}  # to files: no body in the JS heap
     assert cold["max_in_flight"] == CONCURRENCY == cold["server_max_in_flight"]
     assert cold["files_written"] == n
     assert_cache_complete(cold["state"], project, "digits")
@@ -638,7 +824,7 @@ def test_network_failing_halfway(builds: Builds, tfjs_dir: Path, tmp_path: Path)
     assert re.fullmatch(
         r'loadModel\("digits"\): could not download (group1-shard\d+of\d+\.bin|model\.json) '
         r"\(https://models\.example\.com/bundles/digits/\w+/\S+\): "
-        r"request:fail net::ERR_CONNECTION_RESET \(4 attempts at most\)",
+        r"downloadFile:fail net::ERR_CONNECTION_RESET \(4 attempts at most\)",
         result["error"],
     ), result["error"]
     assert broken["ms"] >= 500 + 1000 + 2000, "retries without back-off"
@@ -671,7 +857,7 @@ def test_full_quota_loads_from_memory(builds: Builds, tfjs_dir: Path, tmp_path: 
         assert load["requests"] == project.file_count("digits")
         [warning] = load["results"][0]["warnings"]
         assert warning.startswith(
-            'loadModel("digits"): the file cache is full (writeFile:fail the maximum size of the '
+            'loadModel("digits"): the file cache is full (saveFile:fail the maximum size of the '
             "file storage limit is exceeded): the model was loaded from memory"
         ), warning
         assert load["console_warn"] == [f"[bundler] {warning}"]
@@ -726,9 +912,109 @@ def test_timeouts_are_retried_then_reported(builds: Builds, tfjs_dir: Path, tmp_
     [result] = load["results"]
     assert not result["ok"]
     assert result["error"].startswith('loadModel("digits"): could not download ')
-    assert result["error"].endswith("request:fail timeout (2 attempts at most)")
+    assert result["error"].endswith("downloadFile:fail timeout (2 attempts at most)")
     assert load["overflows"] == 0
     assert_cache_sound(load["state"], project, "digits")
+
+
+def test_an_existing_version_folder_is_kept(builds: Builds, tfjs_dir: Path, tmp_path: Path) -> None:
+    """One damaged file: only it is fetched again, into the folder that exists (mkdir answers
+    "file already exists" there, recursive or not, and that is no failure)."""
+    project = builds.a
+    damaged = f"{project.cache_dir('digits')}/{project.shard_file('digits', 3)}"
+    load = {"op": "load", "models": ["digits"]}
+    steps = [load, {"op": "corrupt_file", "path": damaged}, {"op": "launch"}, load]
+    _, healed = run(project, tmp_path, steps, tfjs_dir)
+    assert_loaded(healed, project)
+    assert healed["results"][0]["warnings"] == [] and healed["console_warn"] == []
+    assert healed["request_urls"] == [project.entries["digits"]["shards"][3]["url"]]
+    assert healed["files_written"] == 1
+    assert_cache_complete(healed["state"], project, "digits")
+
+
+def test_an_md5_digest_from_an_older_client_keeps_the_cache(
+    builds: Builds, tfjs_dir: Path, tmp_path: Path
+) -> None:
+    """getFileInfo answers md5 (32 hex digits) though sha256 was asked: the files are hashed in
+    JS instead, the cache is used, and a damaged file is still caught."""
+    project = builds.a
+    damaged = f"{project.cache_dir('digits')}/{project.shard_file('digits', 1)}"
+    load = {"op": "load", "models": ["digits"]}
+    old_client = {"op": "client", "client": {"getFileInfoDigest": "md5"}}
+    steps = [
+        *[old_client, load, {"op": "launch"}, load],
+        *[{"op": "corrupt_file", "path": damaged}, {"op": "launch"}, load],
+    ]
+    cold, warm, healed = run(project, tmp_path, steps, tfjs_dir)
+    assert_loaded(cold, project)
+    assert_cache_complete(cold["state"], project, "digits")  # downloads checked in JS
+    assert_loaded(warm, project)
+    assert warm["requests"] == 0 and warm["files_written"] == 0
+    assert_cache_complete(warm["state"], project, "digits")
+    assert_loaded(healed, project)
+    assert healed["request_urls"] == [project.entries["digits"]["shards"][1]["url"]]
+    assert_cache_complete(healed["state"], project, "digits")
+
+
+def test_remote_files_are_downloaded_to_files_with_progress_by_bytes(
+    builds: Builds, tfjs_dir: Path, tmp_path: Path
+) -> None:
+    """wx.downloadFile to a temporary file, checked there and moved into the cache: progress
+    moves within each file, by bytes, not only when a whole file has arrived."""
+    project = copy_project(builds.s, tmp_path, cache="file")  # big: shards over 1 MB
+    n = project.file_count("big")
+    [load] = run(project, tmp_path / "run", [{"op": "load", "models": ["big"]}], tfjs_dir)
+    assert_loaded(load, project)
+    assert load["by_api"] == {"downloadFile": n}
+    assert load["files_written"] == n and load["bytes_written"] == load["bytes_downloaded"]
+    assert_cache_complete(load["state"], project, "big")
+    progress = load["results"][0]["progress"]
+    assert len(set(progress)) > 2 * n, progress
+
+
+def test_stale_caches_are_removed_a_few_at_a_time(
+    builds: Builds, tfjs_dir: Path, tmp_path: Path
+) -> None:
+    """Cache folders of models this build does not have (renamed, removed, now in a package) or
+    of older versions go at the first load of a launch, at most sweepLimit of them per launch."""
+    project = copy_project(builds.a, tmp_path, sweepLimit=4)
+    cache = f"{USER}/{CACHE_DIR}"
+    stale = [f"{cache}/renamed{i}/0badc0de/model.json" for i in range(8)] + [
+        f"{cache}/digits/deadbeef/model.json",  # an older version
+        f"{cache}/pkg/1234abcd/model.json",  # now delivered in a package
+    ]
+    app_file = f"{USER}/app/photos.bin"
+    setup = [{"op": "app_file", "path": p, "bytes": 100} for p in [*stale, app_file]]
+    load = {"op": "load", "models": ["pkg"]}
+    steps = [*setup, load, {"op": "launch"}, load, {"op": "launch"}, load]
+    records = run(project, tmp_path / "run", steps, tfjs_dir)
+
+    def left(record: dict[str, Any]) -> list[str]:
+        return [f["path"] for f in record["state"]["user_files"] if f["path"] in stale]
+
+    assert [len(left(r)) for r in records] == [6, 2, 0]  # of 10
+    for record in records:
+        assert_loaded(record, project)
+        assert app_file in [f["path"] for f in record["state"]["user_files"]]
+
+    # Storage: keys of other models and versions go; the app's keys and the current version stay.
+    s = builds.s
+    current = f"bundler:digits:{s.entries['digits']['hash']}"
+    keys = [
+        "bundler:gone:0badc0de",
+        "bundler:gone:0badc0de:model.json:0",
+        "bundler:digits:deadbeef",
+    ]
+    steps = [
+        *[{"op": "storage_value", "key": k, "value": "x"} for k in keys],
+        {"op": "app_storage", "key": "user-settings", "bytes": 10},
+        {"op": "load", "models": ["digits"]},
+    ]
+    [load] = run(s, tmp_path / "storage", steps, tfjs_dir)
+    assert_loaded(load, s)
+    remaining = {x["key"] for x in load["state"]["storage"]}
+    assert not remaining & set(keys)
+    assert "user-settings" in remaining and current in remaining
 
 
 # --- remote delivery, storage cache ------------------------------------------------------------

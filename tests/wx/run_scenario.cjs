@@ -6,7 +6,10 @@
 // The job (written by tests/test_wechat_glue.py) names the project, the remote folder, the tfjs
 // runtime, the inputs of each model, and a list of steps:
 //   {op: "launch", project?}            a new app launch (fresh JS) on the same phone
-//   {op: "load", models: [names]}       loadModel for each name at once, then predict
+//   {op: "load", models: [names], predict?, release?}
+//                                        loadModel for each name at once, then predict; then
+//                                        release(name) unless release is false (the models stay
+//                                        loaded in the loader for the next steps)
 //   {op: "server", fail_after?, delay_ms?, corrupt_once?: [paths under remote/]}
 //   {op: "limits", ...}                  change the phone's limits (e.g. userDataBytes)
 //   {op: "corrupt_file", path}           flip one byte of a USER_DATA_PATH file
@@ -16,8 +19,13 @@
 //   {op: "storage_value", key, value}    set a storage key to any JSON value
 //   {op: "inspect"}                      list user files and storage keys
 //   {op: "configure_plugin", config?}    call requirePlugin('tfjsPlugin').configPlugin
-//   {op: "page", page}                   open a page: Page(options), then onLoad; its final data
+//   {op: "page", page}                   open a page (navigateTo): Page(options), then onLoad;
+//                                        its final data
+//   {op: "back"}                         close the current page (navigateBack): onUnload
 //   {op: "call", module, fn, args}       call an exported function of a main-package module
+//   {op: "memory"}                       tfjs's live tensors, configPlugin calls, backends
+//   {op: "lose_webgl_context"}           the phone drops the app's WebGL contexts
+//   {op: "client", ...}                  how this phone's WeChat client answers (device.client)
 // The result (JSON) goes to job.result: one record per step. Nothing is asserted here.
 
 const crypto = require('crypto');
@@ -74,17 +82,25 @@ function readInput(tf, spec) {
   const bytes = fs.readFileSync(spec.file);
   const aligned = new Uint8Array(bytes.byteLength);
   aligned.set(bytes);
-  return tf.tensor(new Ctor(aligned.buffer), spec.shape, spec.dtype);
+  // The runtime runs in the app's realm, where Node's typed arrays are not `instanceof` its
+  // own: hand it plain numbers, as app code would.
+  return tf.tensor(Array.from(new Ctor(aligned.buffer)), spec.shape, spec.dtype);
 }
 
 async function predict(tf, model, specs, prefix) {
   const inputs = specs.map((s) => readInput(tf, s));
   try {
     let outs;
-    if (typeof model.executeAsync === 'function') {
-      outs = await model.executeAsync(inputs.length === 1 ? inputs[0] : inputs);
-    } else {
-      outs = model.predict(inputs.length === 1 ? inputs[0] : inputs);
+    const x = inputs.length === 1 ? inputs[0] : inputs;
+    if (typeof model.executeAsync !== 'function') outs = model.predict(x);
+    else {
+      // execute, and executeAsync for a graph with control flow (tfjs warns when executeAsync
+      // was not needed, and the app's console is checked).
+      try {
+        outs = model.execute(x);
+      } catch (e) {
+        outs = await model.executeAsync(x);
+      }
     }
     outs = Array.isArray(outs) ? outs : [outs];
     const files = [];
@@ -101,14 +117,16 @@ async function predict(tf, model, specs, prefix) {
   }
 }
 
-async function loadStep(job, device, app, step, index) {
+async function loadStep(job, device, state, step, index) {
+  const app = state.app;
   const c = app.counters;
-  Object.assign(c, {requests: 0, requestUrls: [], maxInFlight: c.inFlight, overflows: 0, bytesDownloaded: 0,
+  Object.assign(c, {requests: 0, requestUrls: [], byApi: {}, maxInFlight: c.inFlight, overflows: 0, bytesDownloaded: 0,
     bytesWritten: 0, filesWritten: 0, storageWrites: 0, requireAsync: [], digests: 0});
   const serverLog = device.server ? device.server.log.length : 0;
   if (device.server) device.server.maxInFlight = device.server.inFlight;
   const warnStart = app.console.warn.length;
-  const {loadModel} = app.require('bundler/loader.js');
+  const loader = app.require('bundler/loader.js');
+  const {loadModel} = loader;
   const t0 = Date.now();
   const runs = step.models.map(async (name, j) => {
     const progress = [];
@@ -134,9 +152,11 @@ async function loadStep(job, device, app, step, index) {
   const ms = Date.now() - t0;
   const tf = app.tfjs ? app.tfjs.tf : null;
   const objects = new Set();
+  state.models = state.models || new Map();
   for (const r of results) {
     if (r.ok) {
       r.same_object_as_first = r.model_object === results.find((x) => x.model === r.model && x.ok).model_object;
+      r.same_object_as_last_step = r.model_object === state.models.get(r.model);
       objects.add(r.model_object);
       const specs = job.inputs[r.model];
       if (specs && step.predict !== false) {
@@ -144,10 +164,19 @@ async function loadStep(job, device, app, step, index) {
       }
     }
   }
+  for (const r of results) if (r.ok) state.models.set(r.model, r.model_object);
   for (const r of results) delete r.model_object;
-  for (const m of objects) m.dispose();
+  if (step.release !== false) {
+    // The loader owns the models it caches: give them back to it (a loader without release
+    // leaves them to the caller).
+    if (typeof loader.release === 'function') {
+      for (const name of new Set(results.filter((r) => r.ok).map((r) => r.model))) await loader.release(name);
+    } else {
+      for (const m of objects) m.dispose();
+    }
+  }
   return {
-    op: 'load', ms, results,
+    op: 'load', ms, results, by_api: c.byApi,
     requests: c.requests, request_urls: c.requestUrls, max_in_flight: c.maxInFlight, overflows: c.overflows,
     bytes_downloaded: c.bytesDownloaded, bytes_written: c.bytesWritten, files_written: c.filesWritten, digests: c.digests,
     storage_writes: c.storageWrites, require_async: c.requireAsync,
@@ -164,9 +193,10 @@ async function runStep(job, device, state, step, index) {
     case 'launch':
       if (step.project) device.setProject(step.project);
       state.app = device.launch({tfjsDir: job.tfjs_dir});
+      state.models = new Map();
       return {op: 'launch'};
     case 'load':
-      return loadStep(job, device, state.app, step, index);
+      return loadStep(job, device, state, step, index);
     case 'server':
       if ('fail_after' in step) {
         device.server.failAfter = step.fail_after;
@@ -228,11 +258,28 @@ async function runStep(job, device, state, step, index) {
       return {op: 'page', data, plugin_configs: state.app.pluginConfigs.slice(configs),
         console_warn: state.app.console.warn.slice(warnStart), console_error: state.app.console.error.slice()};
     }
+    case 'back': {
+      const data = await state.app.closePage();
+      return {op: 'back', data, console_error: state.app.console.error.slice()};
+    }
     case 'call': {
       const mod = state.app.require(step.module);
       const value = await mod[step.fn](...(step.args || []));
-      return {op: 'call', value: value === undefined ? null : value};
+      // Values that are not plain data (a tfjs runtime, a model) are reported by their type.
+      const plain = value === undefined || value === null || ['boolean', 'number', 'string'].includes(typeof value);
+      return {op: 'call', value: value === undefined ? null : plain ? value : `[${typeof value}]`};
     }
+    case 'memory': {
+      const tf = state.app.tfjs ? state.app.tfjs.tf : null;
+      return {op: 'memory', tensors: tf ? tf.memory().numTensors : 0, backend: tf ? tf.getBackend() || null : null,
+        plugin_configs: state.app.pluginConfigs.length, backends: state.app.backendReport()};
+    }
+    case 'lose_webgl_context':
+      state.app.loseWebglContexts();
+      return {op: 'lose_webgl_context'};
+    case 'client':
+      Object.assign(device.client, step.client);
+      return {op: 'client'};
     default:
       throw new Error(`unknown step ${JSON.stringify(step.op)}`);
   }

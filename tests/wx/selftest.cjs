@@ -51,6 +51,7 @@ async function main() {
   await check('write_empty', f('writeFile'), {filePath: `${U}/x.bin`, data: new ArrayBuffer(0)});
   await check('mkdir_recursive', f('mkdir'), {dirPath: `${U}/a/b/c`, recursive: true});
   await check('mkdir_exists', f('mkdir'), {dirPath: `${U}/a/b`});
+  await check('mkdir_recursive_exists', f('mkdir'), {dirPath: `${U}/a/b`, recursive: true});
   await check('write_ok', f('writeFile'), {filePath: `${U}/a/b/c/one.bin`, data: new ArrayBuffer(40 * 1024)});
   await check('write_over_quota', f('writeFile'), {filePath: `${U}/a/b/c/two.bin`, data: new ArrayBuffer(40 * 1024)});
   await check('rename_missing', f('rename'), {oldPath: `${U}/nope.bin`, newPath: `${U}/a/x.bin`});
@@ -61,6 +62,11 @@ async function main() {
   await check('stat_missing', f('stat'), {path: `${U}/nope`});
   await check('access_missing', f('access'), {path: `${U}/nope`});
   await check('rmdir_recursive', f('rmdir'), {dirPath: `${U}/a`, recursive: true});
+  await check('write_small', f('writeFile'), {filePath: `${U}/small.bin`, data: new ArrayBuffer(3)});
+  await check('file_info_sha256', f('getFileInfo'), {filePath: `${U}/small.bin`, digestAlgorithm: 'sha256'});
+  device.client.getFileInfoDigest = 'md5'; // an older client
+  await check('file_info_old_client', f('getFileInfo'), {filePath: `${U}/small.bin`, digestAlgorithm: 'sha256'});
+  device.client.getFileInfoDigest = null;
 
   const mb = 'x'.repeat(1024 * 1024);
   await check('storage_key_over_1mb', wx.setStorage, {key: 'big', data: mb});
@@ -84,7 +90,35 @@ async function main() {
   checks.request_eleven = {ok: many.filter((r) => r.ok).length,
     failed: many.filter((r) => !r.ok).map((r) => r.errMsg), maxInFlight: app.counters.maxInFlight,
     overflows: app.counters.overflows};
+
+  // wx.downloadFile: a temporary file, progress by bytes, the downloadFile domain list, and the
+  // same 10 at once as wx.request.
+  const progress = [];
+  const downloaded = await new Promise((resolve) => {
+    const task = wx.downloadFile({url: 'https://models.example.com/bundles/blob.bin',
+      success: (res) => resolve({ok: true, value: res}), fail: (err) => resolve({ok: false, errMsg: err.errMsg})});
+    task.onProgressUpdate((p) => progress.push(p));
+  });
+  checks.download = Object.assign({}, downloaded, {progress});
+  const temp = downloaded.value && downloaded.value.tempFilePath;
+  await check('download_read_temp', f('readFile'), {filePath: temp});
+  await check('download_404', wx.downloadFile, {url: 'https://models.example.com/bundles/nope.bin'});
+  await check('download_http', wx.downloadFile, {url: 'http://models.example.com/bundles/blob.bin'});
+  device.domains.downloadFile.clear(); // registered as a request domain only
+  await check('download_not_a_download_domain', wx.downloadFile, {url: 'https://models.example.com/bundles/blob.bin'});
+  device.domains.downloadFile.add('models.example.com');
+  await check('save_temp', f('saveFile'), {tempFilePath: temp, filePath: `${U}/saved.bin`});
+  await check('save_temp_again', f('saveFile'), {tempFilePath: temp, filePath: `${U}/saved2.bin`});
+  await check('read_saved', f('readFile'), {filePath: `${U}/saved.bin`});
+  app.counters.maxInFlight = 0;
+  app.counters.overflows = 0;
+  const mixed = await Promise.all(Array.from({length: 12}, (_, i) => settle(i % 2 ? wx.downloadFile : wx.request,
+    {url: 'https://models.example.com/bundles/blob.bin', responseType: 'arraybuffer'})));
+  checks.network_mixed = {ok: mixed.filter((r) => r.ok).length, maxInFlight: app.counters.maxInFlight,
+    overflows: app.counters.overflows};
+
   device.server.delayMs = 1000;
+  await check('download_timeout', wx.downloadFile, {url: 'https://models.example.com/bundles/blob.bin', timeout: 100});
   await check('request_timeout', wx.request, {url: 'https://models.example.com/bundles/blob.bin', responseType: 'arraybuffer', timeout: 100});
 
   const globals = ['fetch', 'TextDecoder', 'crypto', 'Buffer', 'process', 'XMLHttpRequest', 'atob', 'btoa', 'structuredClone', 'window', 'document'];
@@ -102,11 +136,16 @@ async function main() {
     typeof rt.fetchWechat.fetchFunc === 'function', version: rt.tf.version_core, backend: rt.tf.getBackend()};
   const plugin = app.context.requirePlugin('tfjsPlugin');
   const tryConfig = (cfg) => { try { plugin.configPlugin(cfg); return {ok: true}; } catch (e) { return {ok: false, errMsg: e.message}; } };
-  const good = {fetchFunc: rt.fetchWechat.fetchFunc(), tf: rt.tf, canvas: {}, backendName: 'wechat-webgl-1'};
+  const canvas = () => wx.createOffscreenCanvas({type: 'webgl'});
+  const good = {fetchFunc: rt.fetchWechat.fetchFunc(), tf: rt.tf, webgl: rt.webgl, canvas: canvas(), backendName: 'wechat-webgl-1'};
   checks.plugin_good = tryConfig(good);
-  checks.plugin_same_backend_name = tryConfig(good);
+  checks.plugin_good.backend = rt.tf.getBackend();
+  checks.plugin_good.sum = rt.tf.tidy(() => rt.tf.add(rt.tf.scalar(2), rt.tf.scalar(3)).dataSync()[0]);
+  checks.plugin_same_backend_name = tryConfig(Object.assign({}, good, {canvas: canvas()}));
   checks.plugin_no_fetch = tryConfig(Object.assign({}, good, {fetchFunc: undefined, backendName: 'wechat-webgl-2'}));
   checks.plugin_bad_name = tryConfig(Object.assign({}, good, {backendName: 'webgl'}));
+  app.loseWebglContexts();
+  checks.plugin_backends = {ok: true, value: app.backendReport(), configs: app.pluginConfigs.length};
   try {
     app.context.requirePlugin('otherPlugin');
     checks.plugin_unknown = {ok: true};
