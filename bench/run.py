@@ -526,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         "--watch-only", action="store_true", help="run only the watch benchmark (bench/watch.py)"
     )
     parser.add_argument(
+        "--runtime-only",
+        action="store_true",
+        help="run only the runtime size benchmark (bench/runtime_size.py)",
+    )
+    parser.add_argument(
         "--wechat-only",
         action="store_true",
         help="run only the WeChat cache benchmark (bench/wechat_cache.py)",
@@ -538,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         return watch_bench(args.repeat, work)
     if args.wechat_only:
         return wechat_bench(args.repeat, work)
+    if args.runtime_only:
+        return runtime_bench(work)
     models = work / "models"
     logs = work / "logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -613,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print(f"\nwrote {work / 'results.json'}; logs in {logs}")
     watch_rc = watch_bench(args.repeat, work)
-    return max(watch_rc, wechat_bench(args.repeat, work))
+    return max(watch_rc, wechat_bench(args.repeat, work), runtime_bench(work))
 
 
 # --- the watch benchmark --------------------------------------------------------------------
@@ -636,6 +643,14 @@ def wechat_bench(repeat: int, work: Path) -> int:
     sys.stdout.flush()
     rounds = max(repeat, 5)
     cmd = [sys.executable, BENCH / "wechat_cache.py", "--repeat", str(rounds), "--work", work]
+    return subprocess.run([str(c) for c in cmd], env=_env(), check=False).returncode
+
+
+def runtime_bench(work: Path) -> int:
+    """bench/runtime_size.py: the tfjs runtime each bundle ships against stock tfjs, in bytes.
+    Its own process; adds a `runtime` key to results.json."""
+    sys.stdout.flush()
+    cmd = [sys.executable, BENCH / "runtime_size.py", "--work", work]
     return subprocess.run([str(c) for c in cmd], env=_env(), check=False).returncode
 
 

@@ -1,11 +1,13 @@
 """build(config) → Result: the whole pipeline, in the order it runs.
 
-models (convert or reuse) → verify → gather the targets' npm runtimes → every target renders
-its files in memory → emit writes them beside `out` and swaps them in → the report.
+models (convert or reuse) → gather the targets' npm packages → build each target's tfjs
+runtime for these models → verify every model in each runtime file → every target renders its
+files in memory → emit writes them beside `out` and swaps them in → the report.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +17,10 @@ from typing import Any
 from bundler import emit, runtimes, targets
 from bundler.manifest import Config
 from bundler.models import stage
+from bundler.models.verify import Runtime as VerifyRuntime
 from bundler.report import REPORT_FILE, ModelReport, Report, model_folder
+from bundler.targets import Target
+from bundler.tfjs_runtime import build as tfjs_build
 
 __all__ = ["REPORT_FILE", "Progress", "Result", "build"]
 
@@ -51,18 +56,34 @@ def build(config: Config, progress: Progress | None = None) -> Result:
     say = progress or (lambda text: log.info("%s", text))
 
     loaded = stage.load(config, say)
-    warnings = stage.verify_all(config, loaded, say)
-    models = stage.artifacts(config, loaded)
-
     chosen = targets.of(config)
-    installed = runtimes.gather((npm for t in chosen for npm in t.runtimes(config, models)), say)
+    requests = {t.name: r for t in chosen if (r := t.runtime_request(config)) is not None}
+    npm = [tfjs_build.tools(r.version) for r in requests.values()]
+    npm += [n for t in chosen for n in t.runtimes(config)]
+    installed = runtimes.gather(npm, say)
+    docs = stage.docs(config, loaded)
+    built: dict[str, tfjs_build.Runtime] = {}
+    for name, request in requests.items():
+        packages = installed.folder(tfjs_build.tools(request.version))
+        spec = tfjs_build.spec(request, docs, packages)
+        built[name] = tfjs_build.build(spec, packages, config.project.cache_dir, say)
+    installed = dataclasses.replace(installed, built=built)
+
+    checked = _verify_runtimes(config, chosen, installed)
+    warnings = stage.verify_all(config, loaded, checked, say)
+    models = stage.artifacts(config, loaded, checked)
     outputs = {t.name: t.render(config, models, installed) for t in chosen}
 
     report = Report(
         targets=config.project.targets,
         models=tuple(ModelReport.of(config, m) for m in models),
-        warnings=tuple(warnings),
+        warnings=(
+            *warnings,
+            *config.warnings(),
+            *(w for output in outputs.values() for w in output.report.warnings),
+        ),
         target_reports={name: output.report for name, output in outputs.items()},
+        runtimes={name: rt.to_json() for name, rt in built.items()},
     )
     files: dict[str, bytes] = {}
     for m in models:
@@ -79,3 +100,19 @@ def build(config: Config, progress: Progress | None = None) -> Result:
         reused=loaded.reused,
         seconds=time.perf_counter() - started,
     )
+
+
+def _verify_runtimes(
+    config: Config, chosen: tuple[Target, ...], installed: runtimes.Runtimes
+) -> list[VerifyRuntime]:
+    """The runtime each target ships, once each: the file built for it, or stock tfjs."""
+    found: dict[str, VerifyRuntime] = {}
+    for t in chosen:
+        version = t.tfjs_version(config)
+        if t.name in installed.built:
+            rt = installed.tfjs(t.name)
+            fmt, _ = tfjs_build.FLAVOURS[rt.spec.flavour]
+            found.setdefault(rt.id, VerifyRuntime(rt.spec.version, rt.id, rt.label, rt.code, fmt))
+        elif version is not None:
+            found.setdefault(version, VerifyRuntime.stock(version))
+    return list(found.values())

@@ -89,6 +89,8 @@ class Report:
     models: tuple[ModelReport, ...]
     warnings: tuple[str, ...]
     target_reports: Mapping[str, TargetReport] = field(default_factory=dict)
+    # target → the tfjs runtime file built for it: version, bytes, kernels
+    runtimes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     bundler_version: str = __version__
 
     def to_json(self) -> dict[str, Any]:
@@ -105,6 +107,8 @@ class Report:
             "models": models,
             "warnings": list(self.warnings),
         }
+        if self.runtimes:
+            doc["runtimes"] = {name: dict(rt) for name, rt in self.runtimes.items()}
         for part in self.target_reports.values():
             doc.update(part.to_json())
         return doc

@@ -20,8 +20,12 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bundler.errors import ToolError
+
+if TYPE_CHECKING:
+    from bundler.tfjs_runtime.build import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -234,9 +238,17 @@ def tfjs(version: str) -> NpmSet:
 
 @dataclass(frozen=True)
 class Runtimes:
-    """The installed folder of every npm set a build asked for, by set."""
+    """The installed folder of every npm set a build asked for, and the runtimes built."""
 
     folders: Mapping[NpmSet, Path] = field(default_factory=dict)
+    built: Mapping[str, Runtime] = field(default_factory=dict)  # target → its tfjs runtime
+
+    def tfjs(self, target: str) -> Runtime:
+        """The tfjs runtime file built for `target`."""
+        try:
+            return self.built[target]
+        except KeyError:
+            raise KeyError(f"no tfjs runtime was built for {target}") from None
 
     def folder(self, npm: NpmSet) -> Path:
         """Where `npm` is installed; its packages are under `node_modules/`."""

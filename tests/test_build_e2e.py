@@ -23,7 +23,7 @@ import brotli
 import pytest
 from conftest import Isolated, SourceModels, needs_node
 
-from bundler import build, manifest
+from bundler import build, emit, manifest
 from bundler.models import stage
 from bundler.models.cache import ENTRY_FILE
 
@@ -128,7 +128,10 @@ def test_output_folder_holds_exactly_the_listed_files(built: Built) -> None:
     listed = {f for m in built.result.report.to_json()["models"] for f in m["files"]}
     # The targets' own folders (wechat/, remote/, web/) are tested with their targets.
     models = {f for f in _tree(built.out) if not f.startswith(("wechat/", "remote/", "web/"))}
-    assert models == listed | {build.REPORT_FILE}
+    assert models == listed | {build.REPORT_FILE, emit.OWNED}
+    # The record of what the build wrote lists every other file.
+    owned = json.loads((built.out / emit.OWNED).read_text(encoding="utf-8"))["files"]
+    assert owned == sorted(set(_tree(built.out)) - {emit.OWNED})
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -189,7 +192,8 @@ def test_unverified_model_is_reported_with_a_warning(built: Built) -> None:
     assert built.model(UNVERIFIED.name)["max_abs_error"] == {}
     assert built.result.report.to_json()["warnings"] == [
         'model "unverified": not verified (verify = false): nothing checked that the tfjs '
-        "runtime loads it and predicts what the source model predicts"
+        "runtime loads it and predicts what the source model predicts",
+        manifest.TOURIST_APPID_WARNING,
     ]
 
 

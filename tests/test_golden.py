@@ -9,7 +9,8 @@ tests/golden/example_site/ after normalizing those, and compares numbers with a 
     files.txt        every output path, sorted
     report.json      bundle-report.json
     tree/<path>      every generated text file (a model's folder hash is `{hash}` in the path)
-    sha256.txt       digests of the files copied as they are (tfjs's tf.min.js)
+    sha256.txt       digests of the tfjs runtime files the build makes (web's tf.min.js,
+                     WeChat's tfjs/index.js): minified, built from pinned npm packages
     weights/<m>.npz  each model's decoded weights (float32 after dequantization), and under
                      `__specs__` their names, shapes, dtypes and quantization dtypes
 
@@ -115,8 +116,8 @@ HASHED_FOLDER = re.compile(
     rf"(?:models/[^/]+|web/models/[^/]+|web/vendor/.+|wechat/models-[^/]+/[^/]+|remote/[^/]+)"
     rf"/{HASH}/"
 )
-# Files copied from npm as they are: a digest, not a copy in tree/.
-VERBATIM = re.compile(r"web/vendor/")
+# The tfjs runtime files (minified, from pinned npm packages): a digest, not a copy in tree/.
+VERBATIM = re.compile(r"web/vendor/|wechat/tfjs/index\.js$")
 COMPRESSED = (".br", ".gz")
 
 SHA256 = re.compile(r"(?<![0-9a-fA-F])[0-9a-f]{64}(?![0-9a-fA-F])")

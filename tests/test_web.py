@@ -281,12 +281,15 @@ def test_web_target_writes_the_site_with_compressed_copies(tmp_path: Path) -> No
         data = (site / rel).read_bytes()
         assert brotli.decompress((site / f"{rel}.br").read_bytes()) == data, rel
         assert gzip.decompress((site / f"{rel}.gz").read_bytes()) == data, rel
-    # The model files are the build's, and tf.min.js is the npm package's, byte for byte.
+    # The model files are the build's; tf.min.js is the runtime built for them, smaller than
+    # the npm package's whole tf.min.js.
     for name in ("model.json", "group1-shard1of1.bin"):
         assert (site / folder / name).read_bytes() == (out / folder / name).read_bytes()
     npm = ensure_tfjs("4.22.0") / "node_modules/@tensorflow/tfjs/dist/tf.min.js"
-    assert (site / tfjs).read_bytes() == npm.read_bytes()
-    assert result.report.to_json()["web"]["first_visit_brotli_bytes"] > 250_000
+    runtime = (site / tfjs).read_bytes()
+    assert runtime.startswith(b"/* TensorFlow.js 4.22.0 (Apache-2.0")
+    assert len(runtime) < 0.6 * len(npm.read_bytes())
+    assert result.report.to_json()["web"]["first_visit_brotli_bytes"] > 100_000
 
     data = _models_js(site)
     assert data["models"]["starter"]["hash"] == model["hash"]

@@ -2,8 +2,9 @@
 
 - `miniprogram-ci` (WeChat DevTools' compiler, from npm) compiles the project offline, as upload
   would, and silently drops what upload does not keep: every generated file must come out.
-- After `npm install` and miniprogram-ci's packNpm into the runtime subpackage, every package
-  of the compiled project is within 2 MB (the tool checks no sizes offline: we sum them).
+- The project compiles exactly as generated: no package.json, no npm step, no packNpm; every
+  package of the compiled project is within 2 MB (the tool checks no sizes offline: we sum
+  them), and the plan's sizes are what the compiler makes of them.
 - The glue type-checks with `tsc --checkJs` against `miniprogram-api-typings`, no DOM.
 
 Offline means offline: tests/node/net_guard.js refuses every connection in the Node processes
@@ -21,13 +22,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import needs_node
+
+from bundler.targets.wechat import plan
 
 pytestmark = [pytest.mark.slow, needs_node]
 
@@ -44,9 +45,7 @@ MAIN = "__APP__"
 # miniprogram-ci asks servicewechat.com for the file types upload keeps and, refused, uses the
 # list it ships (utils/white_ext_list.js); no other request is expected.
 ALLOWED_REQUESTS = ("servicewechat.com:443/wxa/ci/getwhiteextlist",)
-# tfjs-core depends on these but a mini-program never runs them; project.config.json's
-# packOptions.ignore leaves them out of the upload.
-NEVER_RUN = ("node-fetch", "whatwg-url", "tr46", "webidl-conversions")
+RUNTIME_ROOT = plan.RUNTIME_ROOT
 
 # What the example does not exercise: a page preloading a model's subpackage (preloadRule),
 # a model delivered from a CDN (no subpackage), and a model cut into several shards.
@@ -128,38 +127,6 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("ci-key") / "private.key"
 
 
-@pytest.fixture(scope="module")
-def packed(
-    example: Path, node_tools: Path, key: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Packed]:
-    """A copy of the project after `npm install` and packNpm, compiled again."""
-    project = tmp_path_factory.mktemp("packed") / "wechat"
-    shutil.copytree(example / "wechat", project)
-    relations = _project_config(project)["setting"]["packNpmRelationList"]
-    started = time.monotonic()
-    for rel in relations:
-        folder = (project / rel["packageJsonPath"]).parent
-        _run(
-            ["npm", "install", *NPM_FLAGS, "--no-package-lock"],
-            cwd=folder,
-            timeout=600,
-            what=f"npm install in {folder.relative_to(project)}",
-        )
-    timings["npm install (runtime)"] = time.monotonic() - started
-    pack = _ci("packnpm", project, out=project.parent / "packnpm.json")
-    timings["packNpmManually"] = pack["ms"] / 1000
-    compiled = _ci("compile", project, key, out=project.parent / "compiled.json")
-    timings["compile after packNpm"] = compiled["ms"] / 1000
-    yield Packed(project, pack, compiled)
-
-
-@dataclass(frozen=True)
-class Packed:
-    project: Path
-    pack: dict[str, Any]
-    compiled: dict[str, Any]
-
-
 # --- 1. the compile keeps every generated file -------------------------------------------------
 
 
@@ -207,17 +174,17 @@ def test_the_check_sees_a_file_that_upload_drops(
     assert _missing(project, _files(project), compiled) == [planted.relative_to(project).as_posix()]
 
 
-# --- 2. after packNpm, every package within 2 MB -----------------------------------------------
+# --- 2. as generated, every package within 2 MB ----------------------------------------------
 
 
-def test_every_package_within_2mb_after_pack_npm(packed: Packed, example: Path) -> None:
-    assert packed.compiled.get("error") is None, packed.compiled.get("error")
-    for entry in packed.pack["packed"]:
-        result = entry["result"]
-        assert result["miniProgramPackNum"] + result["otherNpmPackNum"] > 0, entry
-    _print_messages("compile after packNpm", packed.compiled)
-
-    sizes = _package_sizes(packed.project, packed.compiled["files"])
+def test_every_package_within_2mb_with_no_npm_step(
+    example: Path, node_tools: Path, key: Path
+) -> None:
+    project = example / "wechat"
+    assert not list(project.rglob("package.json")), "the project must need no npm step"
+    assert "packNpmRelationList" not in _project_config(project).get("setting", {})
+    compiled = _ci("compile", project, key, out=example / "compiled-sizes.json")
+    sizes = _package_sizes(project, compiled["files"])
     report = json.loads((example / "bundle-report.json").read_text(encoding="utf-8"))
     predicted = {p["root"]: p["bytes"] for p in report["packages"]}
     print("\npackage                   compiled   predicted      limit")
@@ -227,23 +194,14 @@ def test_every_package_within_2mb_after_pack_npm(packed: Packed, example: Path) 
 
     assert set(sizes) == set(predicted), (sorted(sizes), sorted(predicted))
     over = {root: size for root, size in sizes.items() if size > PACKAGE_LIMIT}
-    assert not over, f"packages over {PACKAGE_LIMIT:,} bytes after packNpm: {over}"
-    _assert_offline(packed.compiled)
-
-
-def test_pack_options_leave_never_run_packages_out(packed: Packed) -> None:
-    """packNpm copies node-fetch & co; packOptions.ignore keeps them out of the upload."""
-    files = packed.compiled["files"]
-    runtime = _runtime_root(packed.project)
-    npm_dir = f"{runtime}/miniprogram_npm"
-    for name in NEVER_RUN:
-        assert (packed.project / npm_dir / name / "index.js").is_file(), f"packNpm built no {name}"
-        kept = [f for f in files if f.startswith(f"{npm_dir}/{name}/")]
-        assert not kept, f"{name} is in the compiled result: {kept}"
-    # What the runtime requires is all there (the code analyzer drops what nothing requires).
-    package = json.loads((packed.project / runtime / "package.json").read_text(encoding="utf-8"))
-    for name in package["dependencies"]:
-        assert f"{npm_dir}/{name}/index.js" in files, f"{name} is missing from the upload"
+    assert not over, f"packages over {PACKAGE_LIMIT:,} bytes as compiled: {over}"
+    # The runtime is counted at its real bytes: the compiler changes it by a few percent at most.
+    runtime = RUNTIME_ROOT
+    assert abs(sizes[runtime] - predicted[runtime]) <= 0.05 * predicted[runtime], (
+        sizes[runtime],
+        predicted[runtime],
+    )
+    _assert_offline(compiled)
 
 
 # --- 3. the glue type-checks --------------------------------------------------------------------
@@ -253,13 +211,12 @@ def test_glue_typechecks_against_the_wechat_typings(
     example: Path, node_tools: Path, tmp_path: Path
 ) -> None:
     project = example / "wechat"
-    runtime = _runtime_root(project)
     # The main package's scripts: bundler/loader.js, bundler/models.js, the pages, app.js.
-    # tfjs/index.js only re-exports npm packages whose .d.ts files assume the DOM.
+    # tfjs/index.js is the minified tfjs runtime.
     files = sorted(
         p
         for p in project.rglob("*.js")
-        if p.relative_to(project).parts[0] not in {runtime, "miniprogram_npm", "node_modules"}
+        if p.relative_to(project).parts[0] != RUNTIME_ROOT
         and not p.relative_to(project).parts[0].startswith("models-")
     )
     assert project / "bundler" / "loader.js" in files and project / "bundler" / "models.js" in files
@@ -328,13 +285,6 @@ def _project_config(project: Path) -> dict[str, Any]:
     return data
 
 
-def _npm_inputs(project: Path) -> set[str]:
-    """The package.json files "Build npm" reads: inputs of packNpm, never run, so the code
-    analyzer drops them from the upload ("Ignored by code analyzer") — as it should."""
-    relations = _project_config(project).get("setting", {}).get("packNpmRelationList", [])
-    return {Path(os.path.normpath(r["packageJsonPath"])).as_posix() for r in relations}
-
-
 def _missing(project: Path, generated: list[str], compiled: dict[str, Any]) -> list[str]:
     """Generated files with no counterpart in the compiled result.
 
@@ -343,22 +293,13 @@ def _missing(project: Path, generated: list[str], compiled: dict[str, Any]) -> l
     compiled counterpart has its name.
     """
     names = set(compiled["files"])
-    exempt = _npm_inputs(project)
-    for path in exempt:
-        dropped = [m["message"] for m in compiled["messages"] if path in m["message"]]
-        assert path in names or dropped, f"{path} vanished without the analyzer saying so"
-    return [f for f in generated if f not in names and f not in exempt]
+    return [f for f in generated if f not in names]
 
 
 def _subpackage_roots(project: Path) -> list[str]:
     app = json.loads((project / "app.json").read_text(encoding="utf-8"))
     subs = app.get("subPackages", app.get("subpackages", []))
     return [s["root"].strip("/") for s in subs]
-
-
-def _runtime_root(project: Path) -> str:
-    relations = _project_config(project)["setting"]["packNpmRelationList"]
-    return Path(os.path.normpath(relations[0]["miniprogramNpmDistDir"])).as_posix()
 
 
 def _package_sizes(project: Path, files: dict[str, int]) -> dict[str, int]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bundler.errors import ModelError
 from bundler.manifest import Config, ModelConfig
@@ -21,12 +22,13 @@ from bundler.models.artifacts import (
     MODEL_JSON,
     ModelArtifacts,
     Shard,
+    input_specs,
     shard_names,
     tensor_specs,
 )
 from bundler.models.cache import Cache, Entry
 from bundler.models.convert import Converted
-from bundler.models.verify import Check, verify
+from bundler.models.verify import OTHER_BATCH_ROWS, Check, Runtime, verify
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,9 @@ def _entry(
     return entry
 
 
-def verify_all(config: Config, loaded: Loaded, say: Progress) -> list[str]:
+def verify_all(
+    config: Config, loaded: Loaded, runtimes: Sequence[Runtime], say: Progress
+) -> list[str]:
     """Verify each model in each runtime it ships with; record errors in its cache entry.
 
     Returns the warnings for the report. Raises VerifyError when a model fails to load or run.
@@ -120,15 +124,17 @@ def verify_all(config: Config, loaded: Loaded, say: Progress) -> list[str]:
                 "the tfjs runtime loads it and predicts what the source model predicts"
             )
     entries = loaded.entries
-    for version in config.tfjs_versions():
-        todo = [m for m in checked if version not in entries[m.name].meta["errors"]]
+    for rt in runtimes:
+        todo = [m for m in checked if rt.id not in entries[m.name].meta["errors"]]
         if not todo:
             continue
-        say(f"verifying {', '.join(m.name for m in todo)} in tfjs {version}")
+        say(f"verifying {', '.join(m.name for m in todo)} in {rt.label}")
         checks = []
         for m in todo:
             entry = entries[m.name]
             inputs, reference = entry.verify_data()
+            specs = input_specs(json.loads(entry.read(MODEL_JSON)))
+            free = all(shape[:1] in ([None], [-1]) for _, shape, _ in specs)
             checks.append(
                 Check(
                     name=m.name,
@@ -137,27 +143,46 @@ def verify_all(config: Config, loaded: Loaded, say: Progress) -> list[str]:
                     inputs=tuple(inputs),
                     reference=tuple(reference) if reference else None,
                     source_json=m.input.path if not reference else None,
+                    batch_rows=OTHER_BATCH_ROWS if free and inputs else None,
                 )
             )
-        errors = verify(checks, version, progress=say)
+        errors = verify(checks, rt, progress=say)
         for m in todo:
-            entries[m.name] = entries[m.name].with_errors({version: errors[m.name]})
+            entries[m.name] = entries[m.name].with_errors({rt.id: errors[m.name]})
     for m in checked:
-        for version, error in entries[m.name].meta["errors"].items():
+        for rt in runtimes:
+            error = entries[m.name].meta["errors"][rt.id]
             if m.quantize.is_none and error > FLOAT_TOLERANCE:
                 warnings.append(
-                    f'model "{m.name}": unquantized, yet tfjs {version} differs from the source '
+                    f'model "{m.name}": unquantized, yet {rt.label} differs from the source '
                     f"by up to {error:.3g}; check the model's ops"
                 )
-    return warnings
+    return list(dict.fromkeys(warnings))
 
 
-def artifacts(config: Config, loaded: Loaded) -> tuple[ModelArtifacts, ...]:
-    """The manifest's models as targets see them, in manifest order."""
-    return tuple(_artifacts(m, loaded.entries[m.name]) for m in config.models)
+def docs(config: Config, loaded: Loaded) -> list[tuple[str, dict[str, Any]]]:
+    """Each model's format and model.json, parsed: what its tfjs runtime is derived from."""
+    return [(m.format, json.loads(loaded.entries[m.name].read(MODEL_JSON))) for m in config.models]
 
 
-def _artifacts(model: ModelConfig, entry: Entry) -> ModelArtifacts:
+def artifacts(
+    config: Config, loaded: Loaded, runtimes: Sequence[Runtime] = ()
+) -> tuple[ModelArtifacts, ...]:
+    """The manifest's models as targets see them, in manifest order, with the errors that
+    `runtimes` measured (the largest per tfjs version)."""
+    return tuple(_artifacts(m, loaded.entries[m.name], runtimes) for m in config.models)
+
+
+def _errors(entry: Entry, runtimes: Sequence[Runtime]) -> dict[str, float]:
+    errors: dict[str, float] = {}
+    for rt in runtimes:
+        error = entry.meta["errors"].get(rt.id)
+        if error is not None:
+            errors[rt.version] = max(error, errors.get(rt.version, error))
+    return errors
+
+
+def _artifacts(model: ModelConfig, entry: Entry, runtimes: Sequence[Runtime]) -> ModelArtifacts:
     model_json = entry.read(MODEL_JSON)
     doc = json.loads(model_json)
     inputs, reference = entry.verify_data()
@@ -178,7 +203,7 @@ def _artifacts(model: ModelConfig, entry: Entry) -> ModelArtifacts:
         reference=tuple(reference),
         params=entry.meta["params"],
         source_bytes=entry.meta["source_bytes"],
-        errors=dict(entry.meta["errors"]),
+        errors=_errors(entry, runtimes),
     )
 
 

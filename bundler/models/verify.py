@@ -19,6 +19,27 @@ from bundler.models.verify_node import NodeJob, NodeResult, run_in_tfjs
 from bundler.runtimes import ensure_tfjs
 
 _SOURCE_SUFFIX = "#source"
+# Every model with a free batch size also runs on this many rows: tfjs-layers predicts in
+# batches of 32 and concatenates them, a path a batch of 2 never takes.
+OTHER_BATCH_ROWS = 33
+# A row must give the same outputs in both batches, to float rounding.
+BATCH_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A tfjs runtime to verify in: the npm package, or the very file a target ships."""
+
+    version: str
+    id: str  # what results are kept under in the cache entry
+    label: str  # how messages name it
+    code: bytes | None = None  # the file's bytes; None: the npm package
+    fmt: str = ""  # "cjs" | "iife", with code
+
+    @classmethod
+    def stock(cls, version: str) -> Runtime:
+        """@tensorflow/tfjs at `version`, from npm."""
+        return cls(version, version, f"tfjs {version}")
 
 
 @dataclass(frozen=True)
@@ -31,39 +52,59 @@ class Check:
     inputs: tuple[tuple[str, np.ndarray[Any, Any]], ...]
     reference: tuple[np.ndarray[Any, Any], ...] | None  # None: run `source_json` for it
     source_json: Path | None = None
+    batch_rows: int | None = None  # a second batch size to run (the batch size is free)
 
 
 def verify(
-    checks: Sequence[Check], version: str, progress: Callable[[str], None] | None = None
+    checks: Sequence[Check],
+    runtime: Runtime | str,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
-    """Run every check in tfjs `version`; return model name → max absolute error.
+    """Run every check in `runtime` (a version: the npm package); return model name → max
+    absolute error.
 
-    Raises VerifyError naming each model that does not load or run, and the op or layer
-    the runtime lacks.
+    Raises VerifyError naming each model that does not load or run, and the op, layer or
+    kernel the runtime lacks.
     """
     if not checks:
         return {}
-    ensure_tfjs(version, log=progress)
-    jobs = []
+    rt = Runtime.stock(runtime) if isinstance(runtime, str) else runtime
+    version = rt.version
+    jobs = [NodeJob(c.name, c.model_json, c.format, c.inputs, c.batch_rows) for c in checks]
+    sources = []
     for c in checks:
-        jobs.append(NodeJob(c.name, c.model_json, c.format, c.inputs))
         if c.reference is None:
             if c.source_json is None:
                 raise ValueError(f"check {c.name!r} has neither a reference nor a source")
-            jobs.append(NodeJob(c.name + _SOURCE_SUFFIX, c.source_json, c.format, c.inputs))
-    results = {r.id: r for r in run_in_tfjs(jobs, version)}
+            sources.append(NodeJob(c.name + _SOURCE_SUFFIX, c.source_json, c.format, c.inputs))
+    results: dict[str, NodeResult] = {}
+    if sources or rt.code is None:
+        ensure_tfjs(version, log=progress)
+    if sources:
+        # A TensorFlow.js source has no TensorFlow reference: the stock runtime runs it.
+        results.update((r.id, r) for r in run_in_tfjs(sources, version))
+    results.update((r.id, r) for r in run_in_tfjs(jobs, version, rt.code, rt.fmt))
     errors: dict[str, float] = {}
     problems = []
     for c in checks:
         got = results[c.name]
         if got.outputs is None:
-            problems.append(_failure(c.name, got, version))
+            problems.append(_failure(c.name, got, rt))
+            continue
+        if got.batch_rows is not None and not got.batch_diff <= BATCH_TOLERANCE:
+            problems.append(
+                f'model "{c.name}": in {rt.label}, a batch of {got.batch_rows} rows predicts '
+                f"other values than a batch of {len(c.inputs[0][1])} for the same rows (by up to "
+                f"{got.batch_diff:.3g})"
+            )
             continue
         reference = c.reference
         if reference is None:
             source = results[c.name + _SOURCE_SUFFIX]
             if source.outputs is None:
-                problems.append(_failure(c.name, source, version, what="its source model.json"))
+                problems.append(
+                    _failure(c.name, source, Runtime.stock(version), what="its source model.json")
+                )
                 continue
             reference = source.outputs
         try:
@@ -102,7 +143,19 @@ def max_abs_error(
     return worst
 
 
-def _failure(name: str, result: NodeResult, version: str, what: str = "it") -> str:
+def _failure(name: str, result: NodeResult, rt: Runtime, what: str = "it") -> str:
+    version = rt.version
+    at = f" on a batch of {OTHER_BATCH_ROWS} rows" if result.stage == "batch" else ""
+    if result.missing_kernel and rt.code is not None:
+        return (
+            f'model "{name}": {rt.label} lacks the kernel "{result.missing_kernel}", which '
+            f"{what} runs{at}; the bundler left it out of the file: please report this bug"
+        )
+    if result.missing_kernel:
+        return (
+            f'model "{name}": tfjs {version} has no op "{result.missing_kernel}", which {what} '
+            "uses; change the model to avoid that op, or use a tfjs_version that has it"
+        )
     if result.unsupported_op:
         return (
             f'model "{name}": tfjs {version} has no op "{result.unsupported_op}", which {what} '
@@ -115,7 +168,7 @@ def _failure(name: str, result: NodeResult, version: str, what: str = "it") -> s
         )
     stage = "load" if result.stage == "load" else "run"
     error = (result.error or "").rstrip(". ")
-    message = f'model "{name}": {what} does not {stage} in tfjs {version}: {error}'
+    message = f'model "{name}": {what} does not {stage}{at} in tfjs {version}: {error}'
     if "Activation" in (result.error or "") and "not been implemented" in (result.error or ""):
         # The graph converter fuses a layer's activation into _FusedMatMul/_FusedConv2D, and
         # tfjs fuses only linear, relu, relu6, elu, prelu, leakyrelu and sigmoid.

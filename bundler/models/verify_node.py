@@ -33,6 +33,7 @@ class NodeJob:
     model_json: Path
     format: str  # "graph" | "layers"
     inputs: tuple[tuple[str, NDArray[Any]], ...]  # (input name, float32 or int32 array)
+    batch_rows: int | None = None  # run again with the inputs repeated to this many rows
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,11 @@ class NodeResult:
     stage: str | None  # "load" | "predict" when failed
     unsupported_op: str | None
     unsupported_layer: str | None
+    missing_kernel: str | None
     load_ms: float
     predict_ms: float
+    batch_rows: int | None = None  # the second batch size it ran, if any
+    batch_diff: float = 0.0  # how far a row of that batch is from the same row in the first
 
     @property
     def ok(self) -> bool:
@@ -63,7 +67,7 @@ def _input_array(array: NDArray[Any]) -> tuple[NDArray[Any], str]:
     raise TypeError(f"cannot feed an array of dtype {arr.dtype} to tfjs; use float32 or int32")
 
 
-def _write_job(jobs: Sequence[NodeJob], tfjs_dir: Path, work: Path) -> Path:
+def _write_job(jobs: Sequence[NodeJob], runtime: dict[str, str], work: Path) -> Path:
     models: list[dict[str, Any]] = []
     for i, job in enumerate(jobs):
         inputs: list[dict[str, Any]] = []
@@ -81,10 +85,11 @@ def _write_job(jobs: Sequence[NodeJob], tfjs_dir: Path, work: Path) -> Path:
                 "format": job.format,
                 "inputs": inputs,
                 "outputs_prefix": str(work / f"m{i}-out"),
+                "batch_rows": job.batch_rows,
             }
         )
     job_path = work / "job.json"
-    job_path.write_text(json.dumps({"tfjs_dir": str(tfjs_dir), "models": models}), "utf-8")
+    job_path.write_text(json.dumps({**runtime, "models": models}), "utf-8")
     return job_path
 
 
@@ -118,9 +123,11 @@ def _to_result(job_id: str, record: dict[str, Any]) -> NodeResult:
             stage=_opt_str(record, "stage"),
             unsupported_op=_opt_str(record, "unsupported_op"),
             unsupported_layer=_opt_str(record, "unsupported_layer"),
+            missing_kernel=_opt_str(record, "missing_kernel"),
             load_ms=0.0,
             predict_ms=0.0,
         )
+    batch = record.get("batch")
     outputs: list[NDArray[np.float32]] = []
     for out in record["outputs"]:
         shape = tuple(int(d) for d in out["shape"])
@@ -133,13 +140,19 @@ def _to_result(job_id: str, record: dict[str, Any]) -> NodeResult:
         stage=None,
         unsupported_op=None,
         unsupported_layer=None,
+        missing_kernel=None,
         load_ms=float(record.get("load_ms", 0.0)),
         predict_ms=float(record.get("predict_ms", 0.0)),
+        batch_rows=int(batch["rows"]) if isinstance(batch, dict) else None,
+        batch_diff=float(batch["max_diff"]) if isinstance(batch, dict) else 0.0,
     )
 
 
-def run_in_tfjs(jobs: Sequence[NodeJob], tfjs_version: str) -> list[NodeResult]:
-    """Run every job in one Node process with tfjs at that version."""
+def run_in_tfjs(
+    jobs: Sequence[NodeJob], tfjs_version: str, runtime_code: bytes | None = None, fmt: str = ""
+) -> list[NodeResult]:
+    """Run every job in one Node process, with tfjs at that version from npm, or in the file
+    `runtime_code` (`fmt` "cjs": a module exporting `{tf}`; "iife": a script that sets `tf`)."""
     if not jobs:
         return []
     ids = [job.id for job in jobs]
@@ -148,11 +161,15 @@ def run_in_tfjs(jobs: Sequence[NodeJob], tfjs_version: str) -> list[NodeResult]:
     node = shutil.which("node")
     if node is None:
         raise ToolError(NO_NODE)
-    tfjs_dir = ensure_tfjs(tfjs_version)
-
     with tempfile.TemporaryDirectory(prefix="bundler-verify-") as tmp:
         work = Path(tmp)
-        job_path = _write_job(jobs, tfjs_dir, work)
+        if runtime_code is None:
+            runtime = {"tfjs_dir": str(ensure_tfjs(tfjs_version))}
+        else:
+            file = work / "runtime.js"
+            file.write_bytes(runtime_code)
+            runtime = {"runtime_file": str(file), "runtime_format": fmt}
+        job_path = _write_job(jobs, runtime, work)
         cmd = [node, str(RUNNER), str(job_path)]
         proc = run_tool(
             cmd,

@@ -1,6 +1,8 @@
 'use strict';
-// Loads converted models in the real @tensorflow/tfjs runtime (pure JS, cpu backend) and
-// runs them on inputs prepared by bundler/verify_node.py.
+// Loads converted models in a real tfjs runtime (pure JS, cpu backend) and runs them on inputs
+// prepared by bundler/models/verify_node.py. The runtime is either the npm package
+// (`tfjs_dir`) or the very file a bundle ships (`runtime_file`): a CommonJS module that
+// exports `{tf}` (WeChat) or a script that sets the global `tf` (web).
 //
 //   node verify_runner.cjs JOB_JSON_PATH
 //
@@ -42,8 +44,8 @@ const DTYPES = {
 const OP_PATTERNS = [
   /Unknown op '([^']+)'/, // converter: op has no mapping at all
   /Node type (\S+) is not implemented/, // converter: op known to a category but not executable
-  /Kernel '([^']+)' not registered for backend/, // core: no kernel in the chosen backend
 ];
+const KERNEL_PATTERN = /Kernel '([^']+)' not registered for backend/; // core: no such kernel
 const LAYER_PATTERN = /Unknown layer: (\S+?)\.(?:\s|$)/;
 
 function matchFirst(patterns, text) {
@@ -156,6 +158,44 @@ function runLayers(tf, model, inputs) {
   return asList(model.predict(ordered));
 }
 
+function run(tf, model, job, inputs) {
+  return job.format === 'graph' ? runGraph(tf, model, inputs) : runLayers(tf, model, inputs);
+}
+
+// The same inputs repeated to `batch_rows` rows: paths that only larger batches take (tfjs-layers
+// predicts in batches of 32 and concatenates them) run too. Each row must give what it gave
+// in the first batch.
+async function otherBatch(tf, model, job, inputs, first, tensors) {
+  const rows = job.batch_rows;
+  const tiled = inputs.map((inp) => {
+    const n = inp.tensor.shape[0];
+    const index = tf.tensor1d(Array.from({ length: rows }, (_, i) => i % n), 'int32');
+    const t = tf.gather(inp.tensor, index);
+    tensors.push(index, t);
+    return { name: inp.name, tensor: t };
+  });
+  const outs = await run(tf, model, job, tiled);
+  tensors.push(...outs);
+  let maxDiff = 0;
+  for (let i = 0; i < outs.length; i++) {
+    const n = first[i].shape[0];
+    if (outs[i].shape[0] !== rows) {
+      throw new Error(`a batch of ${rows} rows gave output ${i} of shape [${outs[i].shape}]`);
+    }
+    const got = await outs[i].data();
+    const want = await first[i].data();
+    const per = want.length / n;
+    for (let k = 0; k < got.length; k++) {
+      const w = want[(Math.floor(k / per) % n) * per + (k % per)];
+      const d = Math.abs(got[k] - w);
+      if (Number.isFinite(d) ? d > maxDiff : got[k] !== w && !(Number.isNaN(got[k]) && Number.isNaN(w))) {
+        maxDiff = Number.isFinite(d) ? d : Infinity;
+      }
+    }
+  }
+  return { rows, max_diff: maxDiff };
+}
+
 async function runModel(tf, job) {
   const base = { id: job.id };
   let model;
@@ -181,8 +221,7 @@ async function runModel(tf, job) {
       tensors.push(tensor);
       return { name: spec.name, tensor };
     });
-    const outs =
-      job.format === 'graph' ? await runGraph(tf, model, inputs) : runLayers(tf, model, inputs);
+    const outs = await run(tf, model, job, inputs);
     tensors.push(...outs);
     const outputs = [];
     for (let i = 0; i < outs.length; i++) {
@@ -193,7 +232,9 @@ async function runModel(tf, job) {
       outputs.push({ shape: outs[i].shape, file });
     }
     const predictMs = performance.now() - t1;
-    emit({ ...base, ok: true, outputs, load_ms: loadMs, predict_ms: predictMs });
+    stage = 'batch';
+    const batch = job.batch_rows ? await otherBatch(tf, model, job, inputs, outs, tensors) : null;
+    emit({ ...base, ok: true, outputs, load_ms: loadMs, predict_ms: predictMs, batch });
   } catch (err) {
     const message = errorText(err);
     emit({
@@ -202,6 +243,7 @@ async function runModel(tf, job) {
       stage,
       error: message,
       unsupported_op: matchFirst(OP_PATTERNS, message),
+      missing_kernel: (KERNEL_PATTERN.exec(message) || [null, null])[1],
       unsupported_layer: (LAYER_PATTERN.exec(message) || [null, null])[1],
     });
   } finally {
@@ -222,6 +264,16 @@ async function runModel(tf, job) {
   }
 }
 
+function loadRuntime(job) {
+  if (!job.runtime_file) return require(require.resolve('@tensorflow/tfjs', { paths: [job.tfjs_dir] }));
+  if (job.runtime_format === 'cjs') return require(job.runtime_file).tf;
+  // A script for a page: run it as a browser would, in the global scope, where it sets `tf`.
+  // On Node, tfjs asks for Node's own modules (util) with require.
+  globalThis.require = require;
+  require('vm').runInThisContext(fs.readFileSync(job.runtime_file, 'utf8'), { filename: job.runtime_file });
+  return globalThis.tf;
+}
+
 function readJob(jobPath) {
   let job;
   try {
@@ -229,8 +281,8 @@ function readJob(jobPath) {
   } catch (e) {
     fail(`cannot read job file ${jobPath}: ${errorText(e)}`);
   }
-  if (!job || typeof job.tfjs_dir !== 'string' || !Array.isArray(job.models)) {
-    fail(`job file ${jobPath} needs "tfjs_dir" (string) and "models" (list)`);
+  if (!job || !(typeof job.tfjs_dir === 'string' || job.runtime_file) || !Array.isArray(job.models)) {
+    fail(`job file ${jobPath} needs "tfjs_dir" or "runtime_file", and "models" (list)`);
   }
   for (const m of job.models) {
     if (!m || typeof m.id !== 'string' || typeof m.model_json !== 'string' ||
@@ -246,9 +298,9 @@ async function main() {
   const job = readJob(process.argv[2]);
   let tf;
   try {
-    tf = require(require.resolve('@tensorflow/tfjs', { paths: [job.tfjs_dir] }));
+    tf = loadRuntime(job);
   } catch (e) {
-    fail(`cannot load @tensorflow/tfjs from ${job.tfjs_dir}: ${errorText(e)}`);
+    fail(`cannot load ${job.runtime_file || `@tensorflow/tfjs from ${job.tfjs_dir}`}: ${errorText(e)}`);
   }
   // Pure JS cpu backend: deterministic and available everywhere; webgl is absent in Node.
   await tf.setBackend('cpu');

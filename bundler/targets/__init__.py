@@ -4,10 +4,11 @@ A target is a plug-in: a module `bundler/targets/<name>/target.py` whose `TARGET
 `Target`. The build asks every target of the manifest, in this order:
 
 1. `shard_budget(config)` and `tfjs_version(config)`, before models are converted: the
-   largest brotli shard it can carry, and the tfjs runtime its pages load the models with
-   (every model is verified in each such runtime);
-2. `runtimes(config, models)`: the npm packages it reads while rendering; the build installs
-   them all (bundler/runtimes.py) before any target renders;
+   largest brotli shard it can carry, and the tfjs version its pages load the models with;
+2. `runtime_request(config)` and `runtimes(config)`: the tfjs runtime file the build makes
+   for it (bundler/tfjs_runtime/; every model is verified in that very file), and any other
+   npm packages it reads while rendering; the build installs them all (bundler/runtimes.py)
+   before any target renders;
 3. `render(config, models, runtimes)`: every file it ships (paths relative to `out`) and
    its part of the report. Rendering is pure: no installs, no writes; emit.py writes.
 """
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from bundler.manifest import Config
     from bundler.models.artifacts import ModelArtifacts
     from bundler.runtimes import NpmSet, Runtimes
+    from bundler.tfjs_runtime.build import Request
 
 # Every target, in the order the report and the terminal show them.
 NAMES = ("wechat", "web")
@@ -30,6 +32,11 @@ NAMES = ("wechat", "web")
 
 class TargetReport(Protocol):
     """A target's part of the report."""
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Lines for the report's warnings and the terminal."""
+        ...
 
     def to_json(self) -> dict[str, Any]:
         """The keys it adds to the report's top level."""
@@ -61,8 +68,12 @@ class Target(Protocol):
         """The tfjs runtime that loads the models on this platform (None: no tfjs)."""
         ...
 
-    def runtimes(self, config: Config, models: Sequence[ModelArtifacts]) -> Sequence[NpmSet]:
-        """The npm packages `render` reads."""
+    def runtime_request(self, config: Config) -> Request | None:
+        """The tfjs runtime file to build for this target (None: it ships none)."""
+        ...
+
+    def runtimes(self, config: Config) -> Sequence[NpmSet]:
+        """Other npm packages `render` reads."""
         ...
 
     def render(

@@ -3,7 +3,8 @@
     web/index.html                           demo: loads each model, predicts once, shows times
     web/bundler/loader.js                    `import {loadModel} from './bundler/loader.js'`
     web/bundler/models.js                    this build's models (hashes, sizes, inputs)
-    web/vendor/tfjs-<version>/<hash>/tf.min.js   the npm package's file (absent with tfjs_url)
+    web/vendor/tfjs-<version>/<hash>/tf.min.js   the tfjs runtime built for these models: a
+                                             script that sets `tf` (absent with tfjs_url)
     web/models/<name>/<hash>/model.json      + shards, from the build's cache entries
 
 Every file gets a `.br` and a `.gz` beside it, for servers that send precompressed files
@@ -12,7 +13,7 @@ works from any base path. Files under a content-hashed folder (`models/…/<hash
 `vendor/…/<hash>/`, see `is_immutable`) never change and may be cached for good; the page and
 bundler/ must be revalidated.
 
-Compressing tf.min.js with brotli 11 takes seconds, so compressed forms are kept in
+Compressing the runtime with brotli 11 takes a second, so compressed forms are kept in
 `<cache_dir>/web/`, by the sha256 of what they compress.
 """
 
@@ -32,21 +33,21 @@ from typing import Any
 import brotli
 import numpy as np
 
-from bundler import limits, runtimes
+from bundler import limits
 from bundler.manifest import Config
 from bundler.models.artifacts import BROTLI_SUFFIX, HASH_LENGTH, ModelArtifacts
 from bundler.render import render
 from bundler.report import model_folder
 from bundler.runtimes import NpmSet, Runtimes
 from bundler.targets import TargetOutput
+from bundler.tfjs_runtime.build import Request
 
 WEB_DIR = "web"
 INDEX = "index.html"
 LOADER = "bundler/loader.js"
 MODELS_JS = "bundler/models.js"
 VENDOR_DIR = "vendor"
-TFJS_FILE = "tf.min.js"  # @tensorflow/tfjs's dist/tf.min.js: the UMD build that sets `tf`
-TFJS_NPM_PATH = f"node_modules/@tensorflow/tfjs/dist/{TFJS_FILE}"
+TFJS_FILE = "tf.min.js"  # the runtime built for the bundle (bundler/tfjs_runtime/)
 GZIP_SUFFIX = ".gz"
 COMPRESSED_SUFFIXES = (BROTLI_SUFFIX, GZIP_SUFFIX)
 # A content-hashed folder: what is inside never changes under the same URL.
@@ -68,10 +69,11 @@ class WebReport:
     tfjs: str  # the page's tfjs URL
     cache: str
     first_visit_brotli_bytes: int  # the page, the loader, tfjs and the models, with brotli
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """`web`, at the report's top level."""
-        return {"web": dataclasses.asdict(self)}
+        return {"web": {k: v for k, v in dataclasses.asdict(self).items() if k != "warnings"}}
 
     def model_fields(self, name: str) -> dict[str, Any]:
         """Nothing per model."""
@@ -91,9 +93,13 @@ class WebTarget:
         """The runtime the page loads, copied from npm or at `tfjs_url`."""
         return config.web.tfjs_version
 
-    def runtimes(self, config: Config, models: Sequence[ModelArtifacts]) -> Sequence[NpmSet]:
-        """@tensorflow/tfjs, whose tf.min.js the site ships, unless the page loads tfjs_url."""
-        return [] if config.web.tfjs_url else [runtimes.tfjs(config.web.tfjs_version)]
+    def runtime_request(self, config: Config) -> Request | None:
+        """A script that sets `tf`, unless the page loads tfjs_url."""
+        return None if config.web.tfjs_url else Request(config.web.tfjs_version, "web")
+
+    def runtimes(self, config: Config) -> Sequence[NpmSet]:
+        """No other npm packages."""
+        return []
 
     def render(
         self, config: Config, models: Sequence[ModelArtifacts], installed: Runtimes
@@ -120,8 +126,7 @@ def _render(config: Config, models: Sequence[ModelArtifacts], installed: Runtime
 
     tfjs_src = config.web.tfjs_url
     if tfjs_src is None:
-        npm = runtimes.tfjs(config.web.tfjs_version)
-        tfjs = (installed.folder(npm) / TFJS_NPM_PATH).read_bytes()
+        tfjs = installed.tfjs(WebTarget.name).code
         tfjs_src = (
             f"{VENDOR_DIR}/tfjs-{config.web.tfjs_version}/{_digest(tfjs)[:HASH_LENGTH]}/{TFJS_FILE}"
         )

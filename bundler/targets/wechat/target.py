@@ -1,8 +1,8 @@
 """The WeChat target: a mini-program project under `<out>/wechat/`, and `<out>/remote/`.
 
-Everything is gathered in memory: the runtime's real size (measured from the npm packages
-that "Build npm" will copy), the plan (`plan.py`), then every file rendered from
-templates/wechat/. The layout and the data handed to the glue are described in
+Everything is gathered in memory: the tfjs runtime built for these models (one CommonJS file,
+`tfjs/index.js`: no npm step, no "Build npm"), the plan (`plan.py`), then every file rendered
+from templates/wechat/. The layout and the data handed to the glue are described in
 docs/wechat-layout.md.
 """
 
@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from bundler.render import render
 from bundler.runtimes import NpmSet, Runtimes
 from bundler.targets import TargetOutput
 from bundler.targets.wechat import plan
+from bundler.tfjs_runtime.build import Request
 
 WECHAT_DIR = "wechat"
 REMOTE_DIR = "remote"
@@ -32,15 +31,9 @@ LOADER_DIR = "bundler"
 CACHE_DIR = "bundler-models"  # under wx.env.USER_DATA_PATH
 HOME_PAGE = "pages/index/index"
 SUBPACKAGE_PAGE = "pages/index/index"
-# fetch-wechat: the fetch that tfjsPlugin's configPlugin takes (tfjs-wechat README).
-FETCH_WECHAT_VERSION = "0.0.3"
-# tfjs-core depends on node-fetch, which "Build npm" copies though a mini-program never runs
-# it (fetch-wechat stands in): 0.37 MB that upload must leave out (docs/platforms.md).
-NEVER_RUN_PACKAGES = ("node-fetch", "whatwg-url", "tr46", "webidl-conversions")
+RUNTIME_FILE = "index.js"  # tfjs/index.js, the file the glue `require.async`s
 REQUEST_TIMEOUT_MS = 60_000  # wx.request's default (official app.json doc)
 DOWNLOAD_RETRIES = 3
-
-_REQUIRE = re.compile(r"""require\(\s*['"](\.{1,2}/[^'"]+)['"]\s*\)""")
 
 
 @dataclass(frozen=True)
@@ -58,10 +51,17 @@ class WechatReport:
 
     packages: tuple[PackageReport, ...]
     delivery: Mapping[str, str]  # model → "package" | "remote"
+    preload: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    not_preloaded: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """`packages`, at the report's top level."""
-        return {"packages": [dataclasses.asdict(p) for p in self.packages]}
+        """`packages`, and what each page preloads, at the report's top level."""
+        return {
+            "packages": [dataclasses.asdict(p) for p in self.packages],
+            "preload": {page: list(roots) for page, roots in self.preload.items()},
+            "not_preloaded": {page: list(roots) for page, roots in self.not_preloaded.items()},
+        }
 
     def model_fields(self, name: str) -> dict[str, Any]:
         """`delivery`, in each model's report."""
@@ -81,9 +81,13 @@ class WechatTarget:
         """The runtime tfjsPlugin supports."""
         return config.wechat.tfjs_version
 
-    def runtimes(self, config: Config, models: Sequence[ModelArtifacts]) -> Sequence[NpmSet]:
-        """The npm packages "Build npm" copies into the runtime subpackage, to measure them."""
-        return [runtime_npm(config.wechat.tfjs_version, {m.format for m in models})]
+    def runtime_request(self, config: Config) -> Request:
+        """A CommonJS runtime of the version tfjsPlugin supports, exporting {tf, webgl, ...}."""
+        return Request(config.wechat.tfjs_version, "wechat")
+
+    def runtimes(self, config: Config) -> Sequence[NpmSet]:
+        """No other npm packages."""
+        return []
 
     def render(
         self, config: Config, models: Sequence[ModelArtifacts], runtimes: Runtimes
@@ -100,13 +104,10 @@ def _render(
     config: Config, models: Sequence[ModelArtifacts], runtimes: Runtimes
 ) -> tuple[dict[str, bytes], WechatReport]:
     wechat = config.wechat
-    formats = {m.format for m in models}
-    npm = runtime_npm(wechat.tfjs_version, formats)
-    runtime_npm_files = runtime_sizes(runtimes.folder(npm), npm)
     app_pages = [HOME_PAGE, *(model_page(m.name) for m in models)]
 
     shell = _shell_files(config, models)
-    runtime = _runtime_files(wechat.tfjs_version, formats)
+    runtime = _runtime_files(runtimes.tfjs(WechatTarget.name).code)
     sub_files = _subpackage_files("models-x-1")
     planned = plan.plan(
         [_model_files(m) for m in models],
@@ -114,7 +115,7 @@ def _render(
         main_files=[(p, len(b)) for p, b in shell.items()]
         + _estimate_generated(models)
         + [("(compiler helpers: @babel/runtime)", wechat.limits.compiler_helpers_bytes)],
-        runtime_files=[(p, len(b)) for p, b in runtime.items()] + runtime_npm_files,
+        runtime_files=[(p, len(b)) for p, b in runtime.items()],
         subpackage_files=[(p, len(b)) for p, b in sub_files.items()],
         remote_base_url=wechat.remote_base_url,
         pages=app_pages,
@@ -148,10 +149,15 @@ def _render(
         size = sum(len(b) for p, b in project.items() if _package_of(p, planned) == package.root)
         if package.root == plan.MAIN_ROOT:
             size += wechat.limits.compiler_helpers_bytes
-        if package.root == plan.RUNTIME_ROOT:
-            size += sum(n for _, n in runtime_npm_files)
         packages.append(PackageReport(package.root, size, package.limit))
-    return files, WechatReport(tuple(packages), dict(planned.delivery))
+    report = WechatReport(
+        tuple(packages),
+        dict(planned.delivery),
+        preload={page: tuple(roots) for page, roots in planned.preload.items()},
+        not_preloaded=dict(planned.not_preloaded),
+        warnings=planned.preload_warnings,
+    )
+    return files, report
 
 
 def model_page(name: str) -> str:
@@ -162,95 +168,9 @@ def model_page(name: str) -> str:
 # --- the runtime ----------------------------------------------------------------------------
 
 
-def runtime_packages(version: str, formats: set[str]) -> dict[str, str]:
-    """The npm packages the runtime subpackage depends on, name → version."""
-    packages = {
-        "@tensorflow/tfjs-core": version,
-        "@tensorflow/tfjs-backend-cpu": version,  # webgl falls back to it and needs it
-        "@tensorflow/tfjs-backend-webgl": version,
-    }
-    if "graph" in formats:
-        packages["@tensorflow/tfjs-converter"] = version
-    if "layers" in formats:
-        packages["@tensorflow/tfjs-layers"] = version
-    packages["fetch-wechat"] = FETCH_WECHAT_VERSION
-    return packages
-
-
-def runtime_npm(version: str, formats: set[str]) -> NpmSet:
-    """The runtime subpackage's npm packages, installed to measure what "Build npm" copies."""
-    return NpmSet(
-        f"wechat-runtime-{version}",
-        tuple(runtime_packages(version, formats).items()),
-        f"the tfjs {version} runtime packages for WeChat",
-    )
-
-
-def runtime_sizes(folder: Path, npm: NpmSet) -> list[tuple[str, int]]:
-    """What "Build npm" puts in tfjs/miniprogram_npm/, file by file, measured on the packages.
-
-    A package with a `miniprogram` folder is copied as it is, less its source maps (dropped
-    at upload); another is built from its main file and what that requires.
-    """
-    wanted = dict(npm.packages)
-    modules = folder / "node_modules"
-    sizes: list[tuple[str, int]] = []
-    seen: set[str] = set()
-    todo = list(wanted)
-    while todo:
-        name = todo.pop(0)
-        if name in seen or name in NEVER_RUN_PACKAGES or name.startswith("@types/"):
-            continue
-        seen.add(name)
-        root = modules / name
-        meta = json.loads((root / "package.json").read_text(encoding="utf-8"))
-        dist = f"miniprogram_npm/{name}"
-        # tfjs-backend-cpu 3.21.0 names a miniprogram folder that its package lacks: then
-        # "Build npm" builds from the main file, like any other package.
-        mini = meta.get("miniprogram")
-        if isinstance(mini, str) and (root / mini).is_dir():
-            base = root / mini
-            for file in sorted(base.rglob("*")):
-                if file.is_file() and file.suffix != ".map":
-                    sizes.append((f"{dist}/{file.relative_to(base)}", file.stat().st_size))
-        else:
-            for file in _required_files(root, meta.get("main", "index.js")):
-                sizes.append((f"{dist}/{file.relative_to(root)}", file.stat().st_size))
-        todo += [d for d in meta.get("dependencies", {}) if d not in seen]
-    return sizes
-
-
-def _required_files(root: Path, main: str) -> list[Path]:
-    """A CommonJS main file and the relative files it requires, transitively."""
-    start = (root / main).with_suffix(".js") if not main.endswith(".js") else root / main
-    found: list[Path] = []
-    todo = [start]
-    while todo:
-        file = todo.pop()
-        if file in found or not file.is_file():
-            continue
-        found.append(file)
-        text = file.read_text(encoding="utf-8", errors="replace")
-        for rel in _REQUIRE.findall(text):
-            target = (file.parent / rel).resolve()
-            todo.append(target if target.suffix == ".js" else target.with_suffix(".js"))
-    return found
-
-
-def _runtime_files(version: str, formats: set[str]) -> dict[str, bytes]:
-    package = {
-        "name": "bundler-tfjs-runtime",
-        "version": "1.0.0",
-        "private": True,
-        "description": "The tfjs runtime subpackage; WeChat DevTools: Tools → Build npm.",
-        "dependencies": runtime_packages(version, formats),
-    }
-    files = {
-        "package.json": _text("wechat/tfjs/package.json.j2", package=package),
-        "index.js": _text(
-            "wechat/tfjs/index.js.j2", graph="graph" in formats, layers="layers" in formats
-        ),
-    }
+def _runtime_files(code: bytes) -> dict[str, bytes]:
+    """The runtime subpackage: the file built for this bundle, and the page a subpackage needs."""
+    files = {RUNTIME_FILE: code}
     files.update(_page_files(plan.RUNTIME_ROOT))
     return files
 
@@ -351,22 +271,19 @@ def _generated(
             "enhance": True,
             "minified": True,
             "ignoreUploadUnusedFiles": True,
-            "packNpmManually": True,
-            "packNpmRelationList": [
-                {
-                    "packageJsonPath": f"./{plan.RUNTIME_ROOT}/package.json",
-                    "miniprogramNpmDistDir": f"./{plan.RUNTIME_ROOT}/",
-                }
-            ],
+            # The runtime is built for the language level WeChat's base library runs
+            # (es2017) and minified already: the compiler's es6 → es5 pass would only make
+            # it 20% larger (measured with miniprogram-ci).
+            "babelSetting": {
+                "ignore": [f"{plan.RUNTIME_ROOT}/{RUNTIME_FILE}"],
+                "disablePlugins": [],
+                "outputPath": "",
+            },
         },
         "packOptions": {
             # Model files are read by path, never `require`d: without this, DevTools may drop
             # them as unused when ignoreUploadUnusedFiles is on.
             "include": include,
-            "ignore": [
-                {"type": "folder", "value": f"{plan.RUNTIME_ROOT}/miniprogram_npm/{name}"}
-                for name in NEVER_RUN_PACKAGES
-            ],
         },
     }
     home = [
