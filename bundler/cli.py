@@ -218,6 +218,11 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
             f"{_size(web.first_visit_brotli_bytes)} with brotli; "
             f"models cached in {web.cache})"
         )
+    for target, rt in report.runtimes.items():
+        out.print(
+            f"tfjs runtime for {target}: {_size(rt['bytes'])}, tfjs {rt['tfjs_version']}, "
+            f"{len(rt['kernels'])} kernels (bundle-report.json lists them)"
+        )
     versions = sorted({v for m in report.models for v in m.max_abs_error})
     if versions:
         out.print(
