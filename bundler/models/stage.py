@@ -28,7 +28,7 @@ from bundler.models.artifacts import (
 )
 from bundler.models.cache import Cache, Entry
 from bundler.models.convert import Converted
-from bundler.models.verify import OTHER_BATCH_ROWS, Check, Runtime, verify
+from bundler.models.verify import Check, Runtime, verify
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def verify_all(
                     inputs=tuple(inputs),
                     reference=tuple(reference) if reference else None,
                     source_json=m.input.path if not reference else None,
-                    batch_rows=OTHER_BATCH_ROWS if free and inputs else None,
+                    other_batch=free and bool(inputs),
                 )
             )
         errors = verify(checks, rt, progress=say)

@@ -33,7 +33,7 @@ class NodeJob:
     model_json: Path
     format: str  # "graph" | "layers"
     inputs: tuple[tuple[str, NDArray[Any]], ...]  # (input name, float32 or int32 array)
-    batch_rows: int | None = None  # run again with the inputs repeated to this many rows
+    other_batch: bool = False  # run again in batches of one row (the batch size is free)
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ class NodeResult:
     missing_kernel: str | None
     load_ms: float
     predict_ms: float
-    batch_rows: int | None = None  # the second batch size it ran, if any
-    batch_diff: float = 0.0  # how far a row of that batch is from the same row in the first
+    batch_rows: int | None = None  # the rows it ran again in batches of one, if any
+    batch_diff: float = 0.0  # how far those rows are from the same rows of the first run
 
     @property
     def ok(self) -> bool:
@@ -85,7 +85,7 @@ def _write_job(jobs: Sequence[NodeJob], runtime: dict[str, str], work: Path) -> 
                 "format": job.format,
                 "inputs": inputs,
                 "outputs_prefix": str(work / f"m{i}-out"),
-                "batch_rows": job.batch_rows,
+                "other_batch": job.other_batch,
             }
         )
     job_path = work / "job.json"

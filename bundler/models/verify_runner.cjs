@@ -148,52 +148,54 @@ async function runGraph(tf, model, inputs) {
   return asList(await model.executeAsync(feed));
 }
 
-function runLayers(tf, model, inputs) {
-  if (inputs.length === 1) return asList(model.predict(inputs[0].tensor));
+function runLayers(tf, model, inputs, options) {
+  if (inputs.length === 1) return asList(model.predict(inputs[0].tensor, options));
   const byName = new Map(inputs.map((i) => [i.name, i.tensor]));
   const names = model.inputNames || [];
   const ordered = names.every((n) => byName.has(n))
     ? names.map((n) => byName.get(n))
     : inputs.map((i) => i.tensor);
-  return asList(model.predict(ordered));
+  return asList(model.predict(ordered, options));
 }
 
 function run(tf, model, job, inputs) {
   return job.format === 'graph' ? runGraph(tf, model, inputs) : runLayers(tf, model, inputs);
 }
 
-// The same inputs repeated to `batch_rows` rows: paths that only larger batches take (tfjs-layers
-// predicts in batches of 32 and concatenates them) run too. Each row must give what it gave
-// in the first batch.
+// A second batch size, for paths only some batches take: a layers model predicts its rows in
+// batches of one (tfjs-layers splits a batch past its batchSize, 32 by default, and
+// concatenates the parts); a graph model runs the first row alone. Each row must predict what
+// it predicted in the first run.
 async function otherBatch(tf, model, job, inputs, first, tensors) {
-  const rows = job.batch_rows;
-  const tiled = inputs.map((inp) => {
-    const n = inp.tensor.shape[0];
-    const index = tf.tensor1d(Array.from({ length: rows }, (_, i) => i % n), 'int32');
-    const t = tf.gather(inp.tensor, index);
-    tensors.push(index, t);
-    return { name: inp.name, tensor: t };
-  });
-  const outs = await run(tf, model, job, tiled);
+  let outs;
+  let rows;
+  if (job.format === 'layers') {
+    rows = inputs[0].tensor.shape[0];
+    outs = runLayers(tf, model, inputs, { batchSize: 1 });
+  } else {
+    rows = 1;
+    const one = inputs.map((inp) => {
+      const t = tf.slice(inp.tensor, 0, 1);
+      tensors.push(t);
+      return { name: inp.name, tensor: t };
+    });
+    outs = await runGraph(tf, model, one);
+  }
   tensors.push(...outs);
   let maxDiff = 0;
   for (let i = 0; i < outs.length; i++) {
-    const n = first[i].shape[0];
-    if (outs[i].shape[0] !== rows) {
-      throw new Error(`a batch of ${rows} rows gave output ${i} of shape [${outs[i].shape}]`);
-    }
     const got = await outs[i].data();
-    const want = await first[i].data();
-    const per = want.length / n;
+    const want = (await first[i].data()).subarray(0, got.length);
+    if (outs[i].shape[0] !== rows || got.length !== want.length) {
+      throw new Error(`${rows} row(s) gave output ${i} of shape [${outs[i].shape}]`);
+    }
     for (let k = 0; k < got.length; k++) {
-      const w = want[(Math.floor(k / per) % n) * per + (k % per)];
-      const d = Math.abs(got[k] - w);
-      if (Number.isFinite(d) ? d > maxDiff : got[k] !== w && !(Number.isNaN(got[k]) && Number.isNaN(w))) {
-        maxDiff = Number.isFinite(d) ? d : Infinity;
-      }
+      const d = Math.abs(got[k] - want[k]);
+      if (Number.isFinite(d)) maxDiff = Math.max(maxDiff, d);
+      else if (!(Number.isNaN(got[k]) && Number.isNaN(want[k])) && got[k] !== want[k]) maxDiff = Infinity;
     }
   }
-  return { rows, max_diff: maxDiff };
+  return { rows, batch_size: 1, max_diff: maxDiff };
 }
 
 async function runModel(tf, job) {
@@ -233,7 +235,7 @@ async function runModel(tf, job) {
     }
     const predictMs = performance.now() - t1;
     stage = 'batch';
-    const batch = job.batch_rows ? await otherBatch(tf, model, job, inputs, outs, tensors) : null;
+    const batch = job.other_batch ? await otherBatch(tf, model, job, inputs, outs, tensors) : null;
     emit({ ...base, ok: true, outputs, load_ms: loadMs, predict_ms: predictMs, batch });
   } catch (err) {
     const message = errorText(err);

@@ -2,7 +2,7 @@
 
 A tfjs op (`conv2d`, `image.resizeBilinear`) is a module of tfjs-core's `dist/ops/`; it runs the
 kernels whose names it imports from `kernel_names`, and the ops it imports run theirs. Following
-those imports gives every kernel an op can reach, on every path (a batch of 33 rows included),
+those imports gives every kernel an op can reach, on every path (a batch past 32 rows included),
 without running anything. The sources of ops:
 
 - a graph model: each node's TensorFlow op, through the converter's own table
