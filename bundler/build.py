@@ -93,6 +93,9 @@ def build(config: Config, progress: Progress | None = None) -> Result:
         files.update(output.files)
     files[REPORT_FILE] = report.to_bytes()
     written = emit.write_tree(config.project.out, files)
+    for output in outputs.values():
+        if output.project is not None:
+            written = output.project.apply() or written
     return Result(
         report=report,
         written=written,

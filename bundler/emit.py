@@ -101,7 +101,7 @@ def write_tree(out: Path, files: Mapping[str, bytes]) -> bool:
         for rel in foreign(out):
             _carry(out, tmp, rel, files)
         os.chmod(tmp, 0o755)
-        _swap_in(tmp, out)
+        swap_in(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return True
@@ -135,7 +135,7 @@ def _carry(out: Path, new: Path, rel: str, files: Mapping[str, bytes]) -> None:
         shutil.copy2(source, target)
 
 
-def _swap_in(new: Path, out: Path) -> None:
+def swap_in(new: Path, out: Path) -> None:
     """Put `new` at `out`; afterwards `new` holds the old tree (or nothing)."""
     if not out.exists():
         os.replace(new, out)

@@ -91,6 +91,10 @@ class WechatConfig:
     remote_base_url: str | None = None
     cache: str = "file"
     limits: limits.WechatLimits = field(default_factory=limits.WechatLimits)
+    # An existing mini-program project to merge into (the folder of its project.config.json);
+    # None: generate a new project under <out>/wechat/.
+    project: Path | None = None
+    demo_pages: bool = True  # a demo page per model; default off with `project`
 
 
 @dataclass(frozen=True)
@@ -360,8 +364,19 @@ class _Validator:
         self.table(
             data,
             w,
-            ("appid", "plugin_version", "tfjs_version", "remote_base_url", "cache", "limits"),
+            (
+                "appid",
+                "plugin_version",
+                "tfjs_version",
+                "remote_base_url",
+                "cache",
+                "limits",
+                "project",
+                "demo_pages",
+            ),
         )
+        project_raw = self.get(data, "project", w, str, None)
+        project = Path(os.path.abspath(self.root / project_raw)) if project_raw else None
         base = WechatConfig()
         remote = self.get(data, "remote_base_url", w, str, None, _https_url)
         if remote is not None and not remote.endswith("/"):
@@ -373,7 +388,19 @@ class _Validator:
             remote_base_url=remote,
             cache=self.choice(data, "cache", w, WECHAT_CACHES, base.cache),
             limits=self.wechat_limits(self.sub(data, "limits", w)),
+            project=project,
+            demo_pages=self.demo_pages(data, project),
         )
+
+    def demo_pages(self, data: Mapping[str, Any], project: Path | None) -> bool:
+        value = self.get(data, "demo_pages", "wechat", bool, project is None)
+        if project is None and value is False:
+            self.problem(
+                "wechat.demo_pages",
+                "applies with [wechat] project only; a generated project always has its demo "
+                "pages (remove the key)",
+            )
+        return bool(value)
 
     def wechat_limits(self, data: Mapping[str, Any]) -> limits.WechatLimits:
         w = "wechat.limits"

@@ -223,8 +223,8 @@ class Watcher:
             self._changed.notify()
 
     def is_ignored(self, path: Path) -> bool:
-        """True for what the build writes (out, the cache, emit's temporary folders) and for
-        editors' temporary files."""
+        """True for what the build writes (out, the cache, emit's temporary folders, the
+        project a WeChat merge writes into) and for editors' temporary files."""
         if any(path.is_relative_to(folder) for folder in self._ignored):
             return True
         if self._out is not None and emit.is_temporary(path, self._out):
@@ -277,6 +277,9 @@ class Watcher:
                 problem = None
                 self._out = _real(config.project.out)
                 self._ignored = (self._out, _real(config.project.cache_dir))
+                if config.wechat.project is not None:
+                    # A merge writes into the project: its own files are not the build's input.
+                    self._ignored += (_real(config.wechat.project),)
                 targets = self._config_targets(config)
             if not self._retarget(targets, observer):
                 break

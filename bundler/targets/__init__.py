@@ -47,12 +47,22 @@ class TargetReport(Protocol):
         ...
 
 
+class ProjectWrite(Protocol):
+    """What a target writes outside `out`: into the user's own project (a WeChat merge)."""
+
+    def apply(self) -> bool:
+        """Write it, after `out`; False when nothing changed."""
+        ...
+
+
 @dataclass(frozen=True)
 class TargetOutput:
-    """What a target renders: files by path relative to `out`, and its report."""
+    """What a target renders: files by path relative to `out`, its report, and what it
+    writes into an existing project (planned, conflicts found, nothing written yet)."""
 
     files: Mapping[str, bytes]
     report: TargetReport
+    project: ProjectWrite | None = None
 
 
 class Target(Protocol):

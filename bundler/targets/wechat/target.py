@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from bundler.models.artifacts import BROTLI_SUFFIX, MODEL_JSON, ModelArtifacts
 from bundler.render import render
 from bundler.runtimes import NpmSet, Runtimes
 from bundler.targets import TargetOutput
-from bundler.targets.wechat import plan
+from bundler.targets.wechat import merge, plan
 from bundler.tfjs_runtime.build import Request
 
 WECHAT_DIR = "wechat"
@@ -93,8 +94,8 @@ class WechatTarget:
         self, config: Config, models: Sequence[ModelArtifacts], runtimes: Runtimes
     ) -> TargetOutput:
         """Plan and render the mini-program for these models; PlanError if it cannot fit."""
-        files, report = _render(config, models, runtimes)
-        return TargetOutput(files, report)
+        files, report, merging = _render(config, models, runtimes)
+        return TargetOutput(files, report, merging)
 
 
 TARGET = WechatTarget()
@@ -102,18 +103,26 @@ TARGET = WechatTarget()
 
 def _render(
     config: Config, models: Sequence[ModelArtifacts], runtimes: Runtimes
-) -> tuple[dict[str, bytes], WechatReport]:
+) -> tuple[dict[str, bytes], WechatReport, _Merging | None]:
     wechat = config.wechat
-    app_pages = [HOME_PAGE, *(model_page(m.name) for m in models)]
-
-    shell = _shell_files(config, models)
+    existing = _existing(wechat.project) if wechat.project is not None else None
+    if existing is None:
+        app_pages = [HOME_PAGE, *(model_page(m.name) for m in models)]
+        shell = _shell_files(config, models)
+        main_estimate = _estimate_generated(models)
+    else:
+        app_pages = existing.pages
+        shell = _glue_files(config)
+        if wechat.demo_pages:
+            shell.update(_demo_pages(models, merged=True))
+        main_estimate = [("(the project's own main package)", existing.main_bytes)]
     runtime = _runtime_files(runtimes.tfjs(WechatTarget.name).code)
     sub_files = _subpackage_files("models-x-1")
     planned = plan.plan(
         [_model_files(m) for m in models],
         wechat.limits,
         main_files=[(p, len(b)) for p, b in shell.items()]
-        + _estimate_generated(models)
+        + main_estimate
         + [("(compiler helpers: @babel/runtime)", wechat.limits.compiler_helpers_bytes)],
         runtime_files=[(p, len(b)) for p, b in runtime.items()],
         subpackage_files=[(p, len(b)) for p, b in sub_files.items()],
@@ -122,7 +131,10 @@ def _render(
     )
 
     files: dict[str, bytes] = {}
-    project = {**shell, **_generated(config, models, planned, app_pages)}
+    if existing is None:
+        project = {**shell, **_generated(config, models, planned, app_pages)}
+    else:
+        project = {**shell, **_models_js(config, models, planned)}
     for rel, data in runtime.items():
         project[f"{plan.RUNTIME_ROOT}/{rel}"] = data
     for m in models:
@@ -133,22 +145,32 @@ def _render(
                 if name != MODEL_JSON + BROTLI_SUFFIX:
                     files[f"{REMOTE_DIR}/{m.name}/{m.hash}/{name}"] = data
     _check_uploadable(project)
-    main = wechat.limits.compiler_helpers_bytes + sum(
-        len(b) for p, b in project.items() if _package_of(p, planned) == plan.MAIN_ROOT
+    merging = None
+    theirs = 0
+    if existing is not None:
+        merging = _Merging(
+            merge.plan_merge(existing.project, project, _fragment(config, models, planned))
+        )
+        theirs = existing.main_bytes + merging.planned.app_json_bytes
+    main = (
+        theirs
+        + wechat.limits.compiler_helpers_bytes
+        + sum(len(b) for p, b in project.items() if _package_of(p, planned) == plan.MAIN_ROOT)
     )
     if main > wechat.limits.main_package_bytes:
         raise PlanError(
             f"the main package takes {main:,} bytes, over its "
             f"{wechat.limits.main_package_bytes:,}-byte limit"
         )
-    for rel, data in project.items():
-        files[f"{WECHAT_DIR}/{rel}"] = data
+    if existing is None:
+        for rel, data in project.items():
+            files[f"{WECHAT_DIR}/{rel}"] = data
 
     packages = []
     for package in planned.packages:
         size = sum(len(b) for p, b in project.items() if _package_of(p, planned) == package.root)
         if package.root == plan.MAIN_ROOT:
-            size += wechat.limits.compiler_helpers_bytes
+            size += wechat.limits.compiler_helpers_bytes + theirs
         packages.append(PackageReport(package.root, size, package.limit))
     report = WechatReport(
         tuple(packages),
@@ -157,12 +179,12 @@ def _render(
         not_preloaded=dict(planned.not_preloaded),
         warnings=planned.preload_warnings,
     )
-    return files, report
+    return files, report, merging
 
 
-def model_page(name: str) -> str:
+def model_page(name: str, *, merged: bool = False) -> str:
     """The demo page of a model."""
-    return f"pages/{name}/index"
+    return f"{LOADER_DIR}/pages/{name}/index" if merged else f"pages/{name}/index"
 
 
 # --- the runtime ----------------------------------------------------------------------------
@@ -178,21 +200,39 @@ def _runtime_files(code: bytes) -> dict[str, bytes]:
 # --- the shell and the generated data -------------------------------------------------------
 
 
+def _glue_files(config: Config) -> dict[str, bytes]:
+    """The glue that does not depend on the plan: the loader."""
+    return {
+        f"{LOADER_DIR}/loader.js": _text("wechat/bundler/loader.js.j2", settings=_settings(config))
+    }
+
+
 def _shell_files(config: Config, models: Sequence[ModelArtifacts]) -> dict[str, bytes]:
     """The files of the main package that do not depend on the plan."""
     files = {
         "app.js": _text("wechat/app.js.j2"),
         "app.wxss": _text("wechat/app.wxss.j2"),
         "sitemap.json": _text("wechat/sitemap.json.j2"),
-        f"{LOADER_DIR}/loader.js": _text("wechat/bundler/loader.js.j2", settings=_settings(config)),
+        **_glue_files(config),
         f"{HOME_PAGE}.json": _text("wechat/pages/index/index.json.j2", title=config.project.name),
         f"{HOME_PAGE}.wxml": _text("wechat/pages/index/index.wxml.j2"),
         f"{HOME_PAGE}.wxss": _text("wechat/pages/index/index.wxss.j2"),
     }
+    files.update(_demo_pages(models, merged=False))
+    return files
+
+
+def _demo_pages(models: Sequence[ModelArtifacts], *, merged: bool) -> dict[str, bytes]:
+    """A demo page per model: pages/<name>/ in a generated project, bundler/pages/<name>/
+    (inside the glue folder the build owns) in a merged one."""
+    files = {}
     for m in models:
-        page = model_page(m.name)
+        page = model_page(m.name, merged=merged)
+        loader = "../../loader.js" if merged else f"../../{LOADER_DIR}/loader.js"
         inputs = _inputs_data(m)
-        files[f"{page}.js"] = _text("wechat/pages/model/index.js.j2", name=m.name, inputs=inputs)
+        files[f"{page}.js"] = _text(
+            "wechat/pages/model/index.js.j2", name=m.name, inputs=inputs, loader=loader
+        )
         files[f"{page}.json"] = _text("wechat/pages/model/index.json.j2", name=m.name)
         files[f"{page}.wxml"] = _text("wechat/pages/model/index.wxml.j2")
         files[f"{page}.wxss"] = _text("wechat/pages/model/index.wxss.j2")
@@ -298,11 +338,84 @@ def _generated(
     return {
         "app.json": _text("wechat/app.json.j2", app=app),
         "project.config.json": _text("wechat/project.config.json.j2", project=project),
-        f"{LOADER_DIR}/models.js": _text(
-            "wechat/bundler/models.js.j2", models=_models_data(config, models, planned)
-        ),
+        **_models_js(config, models, planned),
         f"{HOME_PAGE}.js": _text("wechat/pages/index/index.js.j2", models=home),
     }
+
+
+def _models_js(
+    config: Config, models: Sequence[ModelArtifacts], planned: plan.Plan
+) -> dict[str, bytes]:
+    data = _models_data(config, models, planned)
+    return {f"{LOADER_DIR}/models.js": _text("wechat/bundler/models.js.j2", models=data)}
+
+
+# --- merging into an existing project -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Existing:
+    """What the build reads of an existing project before planning."""
+
+    project: Path
+    pages: list[str]
+    main_bytes: int  # its main package's files on disk, less app.json (merged later)
+
+
+class _Merging:
+    """The project write of a merge, for TargetOutput."""
+
+    def __init__(self, planned: merge.Merge) -> None:
+        self.planned = planned
+
+    def apply(self) -> bool:
+        """Write it; False when nothing changed."""
+        return merge.apply(self.planned)
+
+
+def _existing(project: Path) -> _Existing:
+    root = merge.mini_program_root(project)
+    app = merge.read_app(root)
+    subs = app.get("subPackages", app.get("subpackages", []))
+    their_roots = {str(s.get("root", "")).strip("/") for s in subs if isinstance(s, dict)}
+    ours = merge.owned_folders(root)
+    main = 0
+    for base, dirs, names in os.walk(root):
+        rel = Path(base).relative_to(root)
+        if rel.parts and (rel.parts[0] in their_roots | ours or rel.parts[0] == "node_modules"):
+            dirs[:] = []
+            continue
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if not rel.parts and name in (merge.APP_JSON, *merge.PROJECT_FILES):
+                continue
+            if Path(name).suffix.lstrip(".") in limits.UPLOAD_KEPT_EXTENSIONS:
+                main += (Path(base) / name).stat().st_size
+    pages = [p for p in app.get("pages", []) if isinstance(p, str)]
+    return _Existing(project, pages, main)
+
+
+def _fragment(
+    config: Config, models: Sequence[ModelArtifacts], planned: plan.Plan
+) -> merge.Fragment:
+    subpackages = [
+        {"root": plan.RUNTIME_ROOT, "name": plan.RUNTIME_ROOT, "pages": [SUBPACKAGE_PAGE]}
+    ]
+    model_roots = [root for roots in planned.subpackages.values() for root in roots]
+    subpackages += [{"root": r, "name": r, "pages": [SUBPACKAGE_PAGE]} for r in model_roots]
+    return merge.Fragment(
+        subpackages=tuple(subpackages),
+        preload={page: tuple(roots) for page, roots in planned.preload.items()},
+        plugin={
+            "version": config.wechat.plugin_version,
+            "provider": limits.TFJS_PLUGIN_PROVIDER,
+        },
+        include=tuple(model_roots),
+        babel_ignore=(f"{plan.RUNTIME_ROOT}/{RUNTIME_FILE}",),
+        pages=tuple(model_page(m.name, merged=True) for m in models)
+        if config.wechat.demo_pages
+        else (),
+    )
 
 
 def _models_data(
