@@ -61,10 +61,13 @@ def unchanged(out: Path, files: Mapping[str, bytes]) -> bool:
     """True when `out` already holds exactly these files with these bytes, beside what is
     not the build's."""
     files = _with_record(files)
-    if not out.is_dir() or owned(out) != set(files):
-        return False
+    return out.is_dir() and owned(out) == set(files) and holds(out, files)
+
+
+def holds(folder: Path, files: Mapping[str, bytes]) -> bool:
+    """True when every one of `files` is under `folder` with these bytes."""
     for rel, data in files.items():
-        path = out / rel
+        path = folder / rel
         try:
             if path.stat().st_size != len(data) or path.read_bytes() != data:
                 return False
@@ -117,11 +120,16 @@ def _with_record(files: Mapping[str, bytes]) -> dict[str, bytes]:
 
 
 def _carry(out: Path, new: Path, rel: str, files: Mapping[str, bytes]) -> None:
-    """Put the user's `rel` from `out` into the new tree as it is (a hard link: no copy)."""
     if rel.rstrip("/") in files:
         log.warning("%s: the build now writes this file; the one there was replaced", out / rel)
         return
-    source, target = out / rel, new / rel
+    carry(out, new, rel)
+
+
+def carry(old: Path, new: Path, rel: str) -> None:
+    """Put the user's `rel` (a file, a link, or an empty folder ending in /) from the tree
+    `old` into the tree `new` as it is: a hard link, no copy."""
+    source, target = old / rel, new / rel
     if rel.endswith("/"):
         target.mkdir(parents=True, exist_ok=True)
         return

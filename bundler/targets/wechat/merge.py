@@ -350,16 +350,7 @@ def _dump(data: dict[str, Any], like: str) -> bytes:
 
 def _holds(folder: Path, files: Mapping[str, bytes], previous: Sequence[str] | None) -> bool:
     """True when `folder` holds these files with these bytes, and no other file of ours."""
-    if previous is None or set(previous) != set(files):
-        return False
-    for rel, data in files.items():
-        path = folder / rel
-        try:
-            if path.stat().st_size != len(data) or path.read_bytes() != data:
-                return False
-        except OSError:
-            return False
-    return True
+    return previous is not None and set(previous) == set(files) and emit.holds(folder, files)
 
 
 def _stage(target: Path, files: Mapping[str, bytes], previous: Sequence[str]) -> Path:
@@ -373,7 +364,7 @@ def _stage(target: Path, files: Mapping[str, bytes], previous: Sequence[str]) ->
         mine = set(previous)
         for found in _walk(target):
             if found.rstrip("/") not in mine and found.rstrip("/") not in files:
-                _carry(target, tree, found)
+                emit.carry(target, tree, found)
     os.chmod(tree, 0o755)
     return tree
 
@@ -387,21 +378,6 @@ def _walk(folder: Path) -> list[str]:
         if not dirs and not names and here != folder:
             found.append(str(here.relative_to(folder)) + "/")
     return found
-
-
-def _carry(old: Path, new: Path, rel: str) -> None:
-    source, target = old / rel, new / rel
-    if rel.endswith("/"):
-        target.mkdir(parents=True, exist_ok=True)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.is_symlink():
-        os.symlink(os.readlink(source), target)
-        return
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def _swap(tree: Path, target: Path) -> None:
