@@ -24,6 +24,7 @@ QUANTIZE_DTYPES = ("float16", "uint16", "uint8")
 QUANTIZE_CHOICES = ("none", *QUANTIZE_DTYPES)
 DELIVERIES = ("auto", "package", "remote")
 WECHAT_CACHES = ("file", "storage")
+FRAMEWORKS = ("native", "taro", "uniapp")  # [wechat] framework: what [wechat] project is
 WEB_CACHES = ("indexeddb", "none")
 
 # Safe as a folder name, a WeChat subpackage root and a JS string: no `/`, `..`, quotes.
@@ -94,6 +95,10 @@ class WechatConfig:
     # An existing mini-program project to merge into (the folder of its project.config.json);
     # None: generate a new project under <out>/wechat/.
     project: Path | None = None
+    # What `project` is: a native DevTools project (merged in place), a Taro app (gets
+    # model-bundler/ and a Taro plugin) or a uni-app (Vue 3 + Vite) app (gets wechat-bundle/ and
+    # a Vite plugin); each plugin merges the bundle into the framework's build.
+    framework: str = "native"
     demo_pages: bool = True  # a demo page per model; default off with `project`
 
 
@@ -372,6 +377,7 @@ class _Validator:
                 "cache",
                 "limits",
                 "project",
+                "framework",
                 "demo_pages",
             ),
         )
@@ -389,8 +395,23 @@ class _Validator:
             cache=self.choice(data, "cache", w, WECHAT_CACHES, base.cache),
             limits=self.wechat_limits(self.sub(data, "limits", w)),
             project=project,
+            framework=self.framework(data, project),
             demo_pages=self.demo_pages(data, project),
         )
+
+    def framework(self, data: Mapping[str, Any], project: Path | None) -> str:
+        value = self.choice(data, "framework", "wechat", FRAMEWORKS, "native")
+        if project is None and "framework" in data:
+            self.problem(
+                "wechat.framework",
+                "applies with [wechat] project only: set project to the app's folder",
+            )
+        if value != "native" and data.get("demo_pages") is True:
+            self.problem(
+                "wechat.demo_pages",
+                f"applies to native projects only; a {value} app shows models in its own pages",
+            )
+        return value
 
     def demo_pages(self, data: Mapping[str, Any], project: Path | None) -> bool:
         value = self.get(data, "demo_pages", "wechat", bool, project is None)

@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bundler import emit
 from bundler.errors import BundlerError
@@ -35,6 +35,14 @@ PROJECT_FILES = (PROJECT_CONFIG, "project.private.config.json")  # DevTools', ne
 APP_JSON = "app.json"
 RECORD = "bundler/owned.json"  # in the glue folder, relative to the mini-program root
 RECORD_FORMAT = 1
+
+
+class ProjectWrite(Protocol):
+    """A write into the user's project, planned and checked while rendering."""
+
+    def apply(self) -> bool:
+        """Write it; False when nothing changed."""
+        ...
 
 
 class ProjectError(BundlerError):

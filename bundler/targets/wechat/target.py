@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bundler import limits
+from bundler import emit, limits
 from bundler.errors import PlanError
 from bundler.manifest import Config
 from bundler.models.artifacts import BROTLI_SUFFIX, MODEL_JSON, ModelArtifacts
@@ -32,6 +33,13 @@ LOADER_DIR = "bundler"
 CACHE_DIR = "bundler-models"  # under wx.env.USER_DATA_PATH
 HOME_PAGE = "pages/index/index"
 SUBPACKAGE_PAGE = "pages/index/index"
+# The folder a framework app gets (owned whole), which its plugin puts in the framework's build.
+FRAMEWORK_BUNDLES = {"uniapp": "wechat-bundle", "taro": "model-bundler"}
+FRAMEWORK_NAMES = {"uniapp": "uni-app", "taro": "Taro"}
+FRAMEWORK_MARKS = {
+    "uniapp": ("src/pages.json", "pages.json"),
+    "taro": ("config/index.ts", "config/index.js"),
+}
 RUNTIME_FILE = "index.js"  # tfjs/index.js, the file the glue `require.async`s
 REQUEST_TIMEOUT_MS = 60_000  # wx.request's default (official app.json doc)
 DOWNLOAD_RETRIES = 3
@@ -103,10 +111,18 @@ TARGET = WechatTarget()
 
 def _render(
     config: Config, models: Sequence[ModelArtifacts], runtimes: Runtimes
-) -> tuple[dict[str, bytes], WechatReport, _Merging | None]:
+) -> tuple[dict[str, bytes], WechatReport, merge.ProjectWrite | None]:
     wechat = config.wechat
-    existing = _existing(wechat.project) if wechat.project is not None else None
-    if existing is None:
+    native = wechat.project is not None and wechat.framework == "native"
+    existing = _existing(wechat.project) if native and wechat.project else None
+    framework = wechat.framework if wechat.project is not None else "native"
+    app_dir = _framework_app(wechat.project, framework) if wechat.project and not native else None
+    if app_dir is not None:
+        # The app's pages are known once uni-app has built it: its Vite plugin checks them.
+        app_pages = sorted({page for m in models for page in m.model.preload})
+        shell = _glue_files(config)
+        main_estimate = []
+    elif existing is None:
         app_pages = [HOME_PAGE, *(model_page(m.name) for m in models)]
         shell = _shell_files(config, models)
         main_estimate = _estimate_generated(models)
@@ -131,7 +147,9 @@ def _render(
     )
 
     files: dict[str, bytes] = {}
-    if existing is None:
+    if app_dir is not None:
+        project = {**shell, **_models_js(config, models, planned)}
+    elif existing is None:
         project = {**shell, **_generated(config, models, planned, app_pages)}
     else:
         project = {**shell, **_models_js(config, models, planned)}
@@ -145,9 +163,14 @@ def _render(
                 if name != MODEL_JSON + BROTLI_SUFFIX:
                     files[f"{REMOTE_DIR}/{m.name}/{m.hash}/{name}"] = data
     _check_uploadable(project)
-    merging = None
+    merging: merge.ProjectWrite | None = None
     theirs = 0
-    if existing is not None:
+    if app_dir is not None:
+        fragment = _fragment(config, models, planned)
+        merging = _Tree(
+            app_dir / FRAMEWORK_BUNDLES[framework], _framework_files(framework, project, fragment)
+        )
+    elif existing is not None:
         merging = _Merging(
             merge.plan_merge(existing.project, project, _fragment(config, models, planned))
         )
@@ -162,7 +185,7 @@ def _render(
             f"the main package takes {main:,} bytes, over its "
             f"{wechat.limits.main_package_bytes:,}-byte limit"
         )
-    if existing is None:
+    if wechat.project is None:
         for rel, data in project.items():
             files[f"{WECHAT_DIR}/{rel}"] = data
 
@@ -371,6 +394,81 @@ class _Merging:
     def apply(self) -> bool:
         """Write it; False when nothing changed."""
         return merge.apply(self.planned)
+
+
+class _Tree:
+    """A folder the build owns whole in the user's app (model-bundler/, wechat-bundle/)."""
+
+    def __init__(self, folder: Path, files: Mapping[str, bytes]) -> None:
+        self.folder = folder
+        self.files = files
+
+    def apply(self) -> bool:
+        """Write it as emit writes `out`: what the build did not write there stays."""
+        return emit.write_tree(self.folder, self.files)
+
+
+def _framework_app(project: Path, framework: str) -> Path:
+    """A Taro or uni-app project's folder; ProjectError when it is not one."""
+    marks = FRAMEWORK_MARKS[framework]
+    if not any((project / mark).is_file() for mark in marks):
+        name = FRAMEWORK_NAMES[framework]
+        raise merge.ProjectError(
+            f"{project}: no {marks[0]} there, so it is not a {name} project; set [wechat] "
+            'project to the folder of its package.json, or framework = "native" for a '
+            "WeChat DevTools project"
+        )
+    return project
+
+
+def _framework_files(
+    framework: str, project: Mapping[str, bytes], fragment: merge.Fragment
+) -> dict[str, bytes]:
+    """What a framework app gets: the owned folders, fragment.json (what its plugin merges into
+    the built app.json and project.config.json) and the plugin."""
+    data = _fragment_json(project, fragment)
+    templates = f"wechat/frameworks/{framework}"
+    if framework == "uniapp":
+        return {
+            **project,
+            "fragment.json": data,
+            "vite-plugin.mjs": _text(f"{templates}/vite-plugin.mjs.j2"),
+        }
+    return {
+        **{f"wechat/{rel}": content for rel, content in project.items()},
+        "fragment.json": data,
+        "taro-plugin.js": _text(f"{templates}/taro-plugin.js.j2"),
+        "index.js": _text(f"{templates}/index.js.j2"),
+        "index.d.ts": _text(f"{templates}/index.d.ts.j2"),
+    }
+
+
+def _fragment_json(project: Mapping[str, bytes], fragment: merge.Fragment) -> bytes:
+    folders = sorted({rel.split("/", 1)[0] for rel in project})
+    data = {
+        "generator": "model bundler",
+        "note": "Merged into the mp-weixin build by vite-plugin.mjs; the bundler rewrites it.",
+        "folders": folders,
+        "app": {
+            "subPackages": [dict(s) for s in fragment.subpackages],
+            **(
+                {
+                    "preloadRule": {
+                        page: {"packages": list(roots), "network": "all"}
+                        for page, roots in fragment.preload.items()
+                    }
+                }
+                if fragment.preload
+                else {}
+            ),
+            "plugins": {"tfjsPlugin": dict(fragment.plugin)},
+        },
+        "projectConfig": {
+            "setting": {"babelSetting": {"ignore": list(fragment.babel_ignore)}},
+            "packOptions": {"include": [{"type": "folder", "value": v} for v in fragment.include]},
+        },
+    }
+    return (json.dumps(data, indent=1) + "\n").encode("utf-8")
 
 
 def _existing(project: Path) -> _Existing:

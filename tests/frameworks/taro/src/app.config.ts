@@ -1,0 +1,8 @@
+export default defineAppConfig({
+  pages: [
+    'pages/index/index'
+  ],
+  window: {
+    navigationBarTitleText: 'bundler-taro-recipe'
+  }
+})

@@ -1,0 +1,266 @@
+"""The recipes for apps a framework compiles to a mini-program, built with the real framework.
+
+Each app (tests/frameworks/<framework>/, installed with `npm ci` from its lockfile on first
+use) gets the bundle from the bundler: uni-app (Vue 3 + Vite) wechat-bundle/ with a Vite plugin,
+Taro (React, webpack 5) model-bundler/ with a Taro plugin. The framework's own CLI builds the
+app for WeChat; miniprogram-ci compiles the output; the wx simulator loads a model through the
+glue in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import needs_node
+from test_wechat_glue import Project, _mlp, assert_loaded, run
+from test_wechat_tencent import NPM_FLAGS, _ci, _files, _missing, node_tools  # noqa: F401
+
+from bundler import build, manifest
+from bundler.errors import ManifestError
+from bundler.targets.wechat.merge import ProjectError
+
+pytestmark = [pytest.mark.slow, needs_node]
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAMEWORKS = ROOT / "tests" / "frameworks"
+UNIAPP = FRAMEWORKS / "uniapp"
+UNIAPP_OUTPUT = Path("dist/build/mp-weixin")
+TARO = FRAMEWORKS / "taro"
+TARO_OUTPUT = Path("dist")
+APPID = "wx0123456789abcdef"
+
+
+def installed(app: Path) -> Path:
+    """app/node_modules from its lockfile, installed again when the lockfile changes."""
+    stamp = app / "node_modules" / ".installed"
+    lock = app / "package-lock.json"
+    if not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
+        proc = subprocess.run(
+            ["npm", "ci", *NPM_FLAGS],
+            cwd=app,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        assert proc.returncode == 0, f"npm ci in {app} failed:\n{proc.stderr[-3000:]}"
+        stamp.touch()
+    return app / "node_modules"
+
+
+@pytest.fixture(scope="module")
+def uniapp_modules() -> Path:
+    return installed(UNIAPP)
+
+
+@pytest.fixture(scope="module")
+def taro_modules() -> Path:
+    return installed(TARO)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import tf_keras
+
+    return _mlp(tf_keras, [16], 1, tmp_path_factory.mktemp("uniapp-model") / "small.h5")
+
+
+def site_for(framework: str, tmp: Path, source: Any, modules: Path) -> Path:
+    """The recipe's app copied to tmp/app (node_modules linked) and a manifest for it."""
+    app = tmp / "app"
+    ignore = shutil.ignore_patterns("node_modules", "dist", "wechat-bundle", "model-bundler")
+    shutil.copytree(FRAMEWORKS / framework, app, ignore=ignore)
+    (app / "node_modules").symlink_to(modules, target_is_directory=True)
+    site = tmp / "bundle.toml"
+    site.write_text(
+        "\n".join(
+            [
+                "[project]",
+                'name = "uniapp-models"',
+                'targets = ["wechat"]',
+                'cache_dir = "cache"',
+                "",
+                "[wechat]",
+                f'appid = "{APPID}"',
+                'project = "app"',
+                f'framework = "{framework}"',
+                "",
+                "[[models]]",
+                'name = "small"',
+                f'source = "{source.h5}"',
+                # The Taro page calls model.predict (a LayersModel), the uni-app page execute.
+                f'format = "{"layers" if framework == "taro" else "graph"}"',
+                'preload = ["pages/index/index"]',
+                "",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    return site
+
+
+def uni_build(app: Path) -> Path:
+    """`uni build -p mp-weixin`; its output folder (checked: a failed config can exit 0)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNI_")}
+    proc = subprocess.run(
+        [str(app / "node_modules" / ".bin" / "uni"), "build", "-p", "mp-weixin"],
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env=env,
+    )
+    out = app / UNIAPP_OUTPUT
+    assert proc.returncode == 0 and (out / "app.json").is_file(), (
+        f"uni build failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}"
+    )
+    return out
+
+
+def test_uniapp_builds_with_the_bundle_merged(
+    tmp_path: Path,
+    source: Any,
+    uniapp_modules: Path,
+    node_tools: Path,  # noqa: F811 (the fixture imported above)
+) -> None:
+    site = site_for("uniapp", tmp_path, source, uniapp_modules)
+    app = site.parent / "app"
+    before = {p: (app / "src" / p).read_bytes() for p in ("pages.json", "manifest.json")}
+    build.build(manifest.load(site), progress=lambda _: None)
+    bundle = app / "wechat-bundle"
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        ".bundler-owned.json",
+        "bundler",
+        "fragment.json",
+        "models-small-1",
+        "tfjs",
+        "vite-plugin.mjs",
+    ]
+    # The app's own sources stay as they were: the plugin merges at build time.
+    assert {p: (app / "src" / p).read_bytes() for p in before} == before
+
+    out = uni_build(app)
+    built = json.loads((out / "app.json").read_text(encoding="utf-8"))
+    assert built["pages"] == ["pages/index/index"]
+    assert [s["root"] for s in built["subPackages"]] == ["sub", "tfjs", "models-small-1"]
+    assert built["plugins"]["tfjsPlugin"] == {"version": "0.2.0", "provider": "wx6afed118d9e81df9"}
+    assert built["preloadRule"]["pages/index/index"]["packages"] == ["tfjs", "models-small-1"]
+    config = json.loads((out / "project.config.json").read_text(encoding="utf-8"))
+    assert config["setting"]["babelSetting"]["ignore"] == ["tfjs/index.js"]
+    assert config["packOptions"]["include"] == [{"type": "folder", "value": "models-small-1"}]
+    for rel in ("tfjs/index.js", "bundler/loader.js", "bundler/models.js"):
+        assert (out / rel).read_bytes() == (bundle / rel).read_bytes(), rel
+
+    compiled = _ci("compile", out, tmp_path / "private.key", out=tmp_path / "compiled.json")
+    assert not _missing(out, _files(out), compiled)
+
+    js = (out / "bundler/models.js").read_text(encoding="utf-8")
+    entries = json.loads(js[js.index("{") : js.rindex("}") + 1])
+    remote = tmp_path / "no-remote"
+    remote.mkdir()
+    view = Project(out, remote, entries, {"small": source.expected})
+    [load] = run(view, tmp_path / "run", [{"op": "load", "models": ["small"]}], Path())
+    assert_loaded(load, view)
+
+
+def taro_build(app: Path) -> Path:
+    """`taro build --type weapp`; its output folder (checked: a failed config check exits 0)."""
+    proc = subprocess.run(
+        [str(app / "node_modules" / ".bin" / "taro"), "build", "--type", "weapp"],
+        cwd=app,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "NODE_ENV": "production"},
+    )
+    out = app / TARO_OUTPUT
+    assert proc.returncode == 0 and (out / "app.json").is_file(), (
+        f"taro build failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}"
+    )
+    return out
+
+
+def test_taro_builds_with_the_bundle_merged(
+    tmp_path: Path,
+    source: Any,
+    taro_modules: Path,
+    node_tools: Path,  # noqa: F811 (the fixture imported above)
+) -> None:
+    site = site_for("taro", tmp_path, source, taro_modules)
+    app = site.parent / "app"
+    build.build(manifest.load(site), progress=lambda _: None)
+    bundle = app / "model-bundler"
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        ".bundler-owned.json",
+        "fragment.json",
+        "index.d.ts",
+        "index.js",
+        "taro-plugin.js",
+        "wechat",
+    ]
+    assert sorted(p.name for p in (bundle / "wechat").iterdir()) == [
+        "bundler",
+        "models-small-1",
+        "tfjs",
+    ]
+
+    out = taro_build(app)
+    built = json.loads((out / "app.json").read_text(encoding="utf-8"))
+    assert built["pages"] == ["pages/index/index"]
+    assert [s["root"] for s in built["subPackages"]] == ["tfjs", "models-small-1"]
+    assert built["plugins"]["tfjsPlugin"] == {"version": "0.2.0", "provider": "wx6afed118d9e81df9"}
+    assert built["preloadRule"]["pages/index/index"]["packages"] == ["tfjs", "models-small-1"]
+    config = json.loads((out / "project.config.json").read_text(encoding="utf-8"))
+    assert config["setting"]["babelSetting"]["ignore"] == ["tfjs/index.js"]
+    # Copied as they are: Taro's minifiers leave them alone.
+    for rel in ("tfjs/index.js", "bundler/loader.js", "bundler/models.js"):
+        assert (out / rel).read_bytes() == (bundle / "wechat" / rel).read_bytes(), rel
+    # The glue module sits in the root chunk, where its relative require resolves.
+    assert 'require("./bundler/loader.js")' in (out / "common.js").read_text(encoding="utf-8")
+
+    compiled = _ci("compile", out, tmp_path / "private.key", out=tmp_path / "compiled.json")
+    missing = [f for f in _missing(out, _files(out), compiled) if not f.endswith(".LICENSE.txt")]
+    assert not missing, missing
+
+    js = (out / "bundler/models.js").read_text(encoding="utf-8")
+    entries = json.loads(js[js.index("{") : js.rindex("}") + 1])
+    remote = tmp_path / "no-remote"
+    remote.mkdir()
+    view = Project(out, remote, entries, {"small": source.expected})
+    [load] = run(view, tmp_path / "run", [{"op": "load", "models": ["small"]}], Path())
+    assert_loaded(load, view)
+
+
+def test_a_folder_that_is_no_uniapp_is_an_error(tmp_path: Path, source: Any) -> None:
+    site = tmp_path / "bundle.toml"
+    (tmp_path / "app").mkdir()
+    site.write_text(
+        f'[project]\nname = "x"\ntargets = ["wechat"]\n\n[wechat]\nappid = "{APPID}"\n'
+        f'project = "app"\nframework = "uniapp"\n\n[[models]]\nname = "small"\n'
+        f'source = "{source.h5}"\n'
+    )
+    with pytest.raises(ProjectError) as caught:
+        build.build(manifest.load(site), progress=lambda _: None)
+    assert str(caught.value) == (
+        f"{tmp_path / 'app'}: no src/pages.json there, so it is not a uni-app project; set "
+        '[wechat] project to the folder of its package.json, or framework = "native" for a '
+        "WeChat DevTools project"
+    )
+
+
+def test_framework_needs_a_project(tmp_path: Path) -> None:
+    site = tmp_path / "bundle.toml"
+    site.write_text('[project]\nname = "x"\n\n[wechat]\nframework = "uniapp"\n')
+    with pytest.raises(ManifestError) as caught:
+        manifest.load(site)
+    assert caught.value.problems[0] == (
+        "wechat.framework: applies with [wechat] project only: set project to the app's folder"
+    )
