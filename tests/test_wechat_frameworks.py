@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import needs_node
 from test_wechat_glue import Project, _mlp, assert_loaded, run
@@ -140,6 +142,37 @@ def compiles_and_predicts(out: Path, source: Any, tmp: Path, dropped: str = "\0"
     assert_loaded(load, view)
 
 
+PAGE_RUNNER = ROOT / "tests" / "wx" / "framework_page.cjs"
+_FLOAT = re.compile(r"-?\d+\.\d+(?:e-?\d+)?")
+
+
+def page_predicts(kind: str, out: Path, source: Any, tmp: Path) -> None:
+    """The framework's own page, run in the wx simulator, shows what Keras predicts for the
+    page's fixed input (i / 63 for i < 64), then releases the model on onUnload."""
+    import tf_keras
+
+    result_file = tmp / f"{kind}-page.json"
+    proc = subprocess.run(
+        ["node", str(PAGE_RUNNER), kind, str(out), str(tmp / "page-usr"), str(result_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0 and result_file.is_file(), proc.stderr[-3000:]
+    result = json.loads(result_file.read_text(encoding="utf-8"))
+    assert not result.get("error"), result["error"]
+    assert result["status"] == "ready", result
+    assert not result["console_error"], result["console_error"]
+    assert result["plugin_configs"] == 1
+    assert result["tensors_after_unload"] == 0, result
+    model = tf_keras.models.load_model(source.h5, compile=False)
+    want = model(np.arange(64, dtype=np.float32)[None] / 63).numpy()[0]
+    shown = [float(v) for v in _FLOAT.findall(result["data"])]
+    for value in want:  # each output, as the page shows it (Taro rounds to 4 digits)
+        assert any(abs(v - value) <= 1e-4 for v in shown), (value, shown[:20])
+
+
 def test_uniapp_builds_with_the_bundle_merged(
     tmp_path: Path,
     source: Any,
@@ -163,6 +196,7 @@ def test_uniapp_builds_with_the_bundle_merged(
     assert {p: (app / "src" / p).read_bytes() for p in before} == before
 
     out = framework_build(app, "uni", ["build", "-p", "mp-weixin"], UNIAPP_OUTPUT)
+    page_predicts("uniapp", out, source, tmp_path)
     built = json.loads((out / "app.json").read_text(encoding="utf-8"))
     assert built["pages"] == ["pages/index/index"]
     assert [s["root"] for s in built["subPackages"]] == ["sub", "tfjs", "models-small-1"]
@@ -202,6 +236,7 @@ def test_taro_builds_with_the_bundle_merged(
     ]
 
     out = framework_build(app, "taro", ["build", "--type", "weapp"], TARO_OUTPUT)
+    page_predicts("taro", out, source, tmp_path)
     built = json.loads((out / "app.json").read_text(encoding="utf-8"))
     assert built["pages"] == ["pages/index/index"]
     assert [s["root"] for s in built["subPackages"]] == ["tfjs", "models-small-1"]
