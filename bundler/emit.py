@@ -43,17 +43,22 @@ def owned(out: Path) -> set[str] | None:
 def foreign(out: Path) -> list[str]:
     """What under `out` the build did not write: files, links and empty folders, relative."""
     mine = owned(out)
-    if mine is None or not out.is_dir():
+    return [] if mine is None else _others(out, mine)
+
+
+def _others(folder: Path, mine: set[str]) -> list[str]:
+    """What under `folder` is not in `mine`: files, links and empty folders (ending in /)."""
+    if not folder.is_dir():
         return []
     found = []
-    for root, dirs, names in os.walk(out):
+    for root, dirs, names in os.walk(folder):
         base = Path(root)
         for name in [*names, *(d for d in dirs if (base / d).is_symlink())]:
-            rel = str((base / name).relative_to(out))
+            rel = str((base / name).relative_to(folder))
             if rel not in mine:
                 found.append(rel)
-        if not dirs and not names and base != out:
-            found.append(str(base.relative_to(out)) + "/")
+        if not dirs and not names and base != folder:
+            found.append(str(base.relative_to(folder)) + "/")
     return sorted(found)
 
 
@@ -93,21 +98,31 @@ def write_tree(out: Path, files: Mapping[str, bytes]) -> bool:
     """
     if unchanged(out, files):
         return False
-    files = _with_record(files)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(out, _NEW), dir=out.parent))
+    tmp = stage(out, _with_record(files), owned(out))
+    try:
+        swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+def stage(target: Path, files: Mapping[str, bytes], mine: set[str] | None) -> Path:
+    """A new tree beside `target`, for `swap_in`: `files`, and whatever under `target` is not
+    in `mine` (the build's files there before; None: all of it was), carried over as it is."""
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target, _NEW), dir=target.parent))
     try:
         for rel, data in sorted(files.items()):
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        for rel in foreign(out):
-            _carry(out, tmp, rel, files)
+        for rel in [] if mine is None else _others(target, mine):
+            _carry(target, tmp, rel, files)
         os.chmod(tmp, 0o755)
-        swap_in(tmp, out)
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-    return True
+        raise
+    return tmp
 
 
 def _with_record(files: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -119,16 +134,12 @@ def _with_record(files: Mapping[str, bytes]) -> dict[str, bytes]:
     return {**files, OWNED: (json.dumps(record, indent=1) + "\n").encode("utf-8")}
 
 
-def _carry(out: Path, new: Path, rel: str, files: Mapping[str, bytes]) -> None:
-    if rel.rstrip("/") in files:
-        log.warning("%s: the build now writes this file; the one there was replaced", out / rel)
-        return
-    carry(out, new, rel)
-
-
-def carry(old: Path, new: Path, rel: str) -> None:
+def _carry(old: Path, new: Path, rel: str, files: Mapping[str, bytes]) -> None:
     """Put the user's `rel` (a file, a link, or an empty folder ending in /) from the tree
     `old` into the tree `new` as it is: a hard link, no copy."""
+    if rel.rstrip("/") in files:
+        log.warning("%s: the build now writes this file; the one there was replaced", old / rel)
+        return
     source, target = old / rel, new / rel
     if rel.endswith("/"):
         target.mkdir(parents=True, exist_ok=True)
@@ -141,6 +152,20 @@ def carry(old: Path, new: Path, rel: str) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write one file atomically: beside it first, then renamed over it (its mode kept)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def swap_in(new: Path, out: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -19,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bundler import emit
 from bundler.errors import ToolError
 from bundler.render import render
 from bundler.runtimes import NO_NODE, NpmSet, run_tool, tail, tfjs
 from bundler.tfjs_runtime import api
-from bundler.tfjs_runtime.kernels import KernelIndex, tool_export
+from bundler.tfjs_runtime.kernels import index as kernels_index
+from bundler.tfjs_runtime.kernels import tool_export
 
 ESBUILD_VERSION = "0.28.2"
 # fetch-wechat: the fetch that tfjsPlugin's configPlugin takes (tfjs-wechat README).
@@ -125,7 +126,7 @@ def tools(version: str) -> NpmSet:
 
 def spec(request: Request, models: Sequence[tuple[str, Mapping[str, Any]]], packages: Path) -> Spec:
     """The kernels and ops the models (format, model.json) reach, with the fixed API's."""
-    index = KernelIndex(packages / "node_modules")
+    index = kernels_index(packages / "node_modules")
     kernels = index.kernels_of_ops((*api.OPS, *api.NAMESPACE_OPS))
     graph_ops: set[str] = set()
     for fmt, doc in models:
@@ -216,9 +217,9 @@ def build(
     code, skipped = _run(spec, packages)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(code_path, code)
+        emit.write_file(code_path, code)
         meta = {"sha256": hashlib.sha256(code).hexdigest(), "skipped": skipped}
-        _write_atomic(meta_path, json.dumps(meta).encode())
+        emit.write_file(meta_path, json.dumps(meta).encode())
     except OSError:
         pass  # a read-only cache only costs time
     return Runtime(spec, code, tuple(skipped))
@@ -288,10 +289,3 @@ def _last_json(stdout: str) -> dict[str, Any]:
         if isinstance(value, dict):
             return value
     return {}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

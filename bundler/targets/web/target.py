@@ -22,9 +22,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 import brotli
 import numpy as np
 
-from bundler import limits
+from bundler import emit, limits
 from bundler.manifest import Config
 from bundler.models.artifacts import BROTLI_SUFFIX, HASH_LENGTH, ModelArtifacts
 from bundler.render import render
@@ -196,10 +194,7 @@ class Compressor:
         out = make()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.folder)
-            with os.fdopen(fd, "wb") as f:
-                f.write(out)
-            os.replace(tmp, path)
+            emit.write_file(path, out)
         except OSError:
             pass  # a read-only cache only costs time
         return out

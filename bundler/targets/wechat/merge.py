@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +71,10 @@ class Merge:
     project_config: bytes | None
     project_config_path: Path
     app_json_bytes: int = 0  # the merged app.json's size, for the main package
+
+    def apply(self) -> bool:
+        """Write it (a ProjectWrite); False when the project already held exactly it."""
+        return apply(self)
 
 
 def mini_program_root(project: Path) -> Path:
@@ -176,18 +179,18 @@ def apply(m: Merge) -> bool:
             target = m.root / top
             if _holds(target, files, m.previous.get(top)):
                 continue
-            staged.append((_stage(target, files, m.previous.get(top, ())), target))
+            staged.append((emit.stage(target, files, set(m.previous.get(top, ()))), target))
         stale = [top for top in m.previous if top not in m.folders]
         if not staged and not stale and m.app_json is None and m.project_config is None:
             return False
         for tree, target in staged:
-            _swap(tree, target)
+            emit.swap_in(tree, target)
         for top in stale:
             _remove_owned(m.root / top, m.previous[top])
         if m.app_json is not None:
-            _write_atomic(m.root / APP_JSON, m.app_json)
+            emit.write_file(m.root / APP_JSON, m.app_json)
         if m.project_config is not None:
-            _write_atomic(m.project_config_path, m.project_config)
+            emit.write_file(m.project_config_path, m.project_config)
     finally:
         for tree, _ in staged:
             shutil.rmtree(tree, ignore_errors=True)
@@ -361,38 +364,6 @@ def _holds(folder: Path, files: Mapping[str, bytes], previous: Sequence[str] | N
     return previous is not None and set(previous) == set(files) and emit.holds(folder, files)
 
 
-def _stage(target: Path, files: Mapping[str, bytes], previous: Sequence[str]) -> Path:
-    """The new tree of an owned folder, beside it: our files, and theirs from inside it."""
-    tree = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
-    for rel, data in sorted(files.items()):
-        path = tree / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    if target.is_dir():
-        mine = set(previous)
-        for found in _walk(target):
-            if found.rstrip("/") not in mine and found.rstrip("/") not in files:
-                emit.carry(target, tree, found)
-    os.chmod(tree, 0o755)
-    return tree
-
-
-def _walk(folder: Path) -> list[str]:
-    found = []
-    for base, dirs, names in os.walk(folder):
-        here = Path(base)
-        for name in names:
-            found.append(str((here / name).relative_to(folder)))
-        if not dirs and not names and here != folder:
-            found.append(str(here.relative_to(folder)) + "/")
-    return found
-
-
-def _swap(tree: Path, target: Path) -> None:
-    """Put `tree` at `target`; afterwards `tree` holds the old folder (or nothing)."""
-    emit.swap_in(tree, target)
-
-
 def _remove_owned(folder: Path, files: Sequence[str]) -> None:
     """Delete the files we wrote in `folder`, then the folders left empty; theirs stay."""
     for rel in files:
@@ -401,16 +372,3 @@ def _remove_owned(folder: Path, files: Sequence[str]) -> None:
     for base, _dirs, _names in sorted(os.walk(folder), key=lambda w: -len(w[0])):
         with contextlib.suppress(OSError):
             os.rmdir(base)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
