@@ -113,12 +113,14 @@ def _render(
     config: Config, models: Sequence[ModelArtifacts], runtimes: Runtimes
 ) -> tuple[dict[str, bytes], WechatReport, merge.ProjectWrite | None]:
     wechat = config.wechat
-    native = wechat.project is not None and wechat.framework == "native"
-    existing = _existing(wechat.project) if native and wechat.project else None
-    framework = wechat.framework if wechat.project is not None else "native"
-    app_dir = _framework_app(wechat.project, framework) if wechat.project and not native else None
+    framework = wechat.framework
+    existing = app_dir = None
+    if wechat.project is not None and framework == "native":
+        existing = _existing(wechat.project)
+    elif wechat.project is not None:
+        app_dir = _framework_app(wechat.project, framework)
     if app_dir is not None:
-        # The app's pages are known once uni-app has built it: its Vite plugin checks them.
+        # The app's pages are known once the framework has built it: its plugin checks them.
         app_pages = sorted({page for m in models for page in m.model.preload})
         shell = _glue_files(config)
         main_estimate = []
@@ -147,9 +149,7 @@ def _render(
     )
 
     files: dict[str, bytes] = {}
-    if app_dir is not None:
-        project = {**shell, **_models_js(config, models, planned)}
-    elif existing is None:
+    if wechat.project is None:
         project = {**shell, **_generated(config, models, planned, app_pages)}
     else:
         project = {**shell, **_models_js(config, models, planned)}
@@ -171,10 +171,9 @@ def _render(
             app_dir / FRAMEWORK_BUNDLES[framework], _framework_files(framework, project, fragment)
         )
     elif existing is not None:
-        merging = _Merging(
-            merge.plan_merge(existing.project, project, _fragment(config, models, planned))
-        )
-        theirs = existing.main_bytes + merging.planned.app_json_bytes
+        merged = merge.plan_merge(existing.project, project, _fragment(config, models, planned))
+        merging = merged
+        theirs = existing.main_bytes + merged.app_json_bytes
     main = (
         theirs
         + wechat.limits.compiler_helpers_bytes
@@ -383,17 +382,6 @@ class _Existing:
     project: Path
     pages: list[str]
     main_bytes: int  # its main package's files on disk, less app.json (merged later)
-
-
-class _Merging:
-    """The project write of a merge, for TargetOutput."""
-
-    def __init__(self, planned: merge.Merge) -> None:
-        self.planned = planned
-
-    def apply(self) -> bool:
-        """Write it; False when nothing changed."""
-        return merge.apply(self.planned)
 
 
 class _Tree:
