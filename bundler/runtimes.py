@@ -1,9 +1,8 @@
 """The npm packages a build needs, installed on first use and gathered before any target renders.
 
-Each set of packages (the tfjs runtime that verifies models, the packages a target ships or
-measures) is installed once, pinned to exact versions, into its own folder of
-`node_cache_dir()`, beside it first and renamed into place, under a lock so that concurrent
-builds share one install.
+Each set of packages (stock tfjs, the tools a tfjs runtime file is built with) is installed
+once, pinned to exact versions, into its own folder of `node_cache_dir()`, beside it first and
+renamed into place, under a lock so that concurrent builds share one install.
 """
 
 from __future__ import annotations
@@ -223,7 +222,8 @@ class NpmSet:
 
 
 def tfjs(version: str) -> NpmSet:
-    """@tensorflow/tfjs at `version`: what verification runs and the web target copies."""
+    """@tensorflow/tfjs at `version`: stock tfjs, which verifies models a target ships no
+    runtime file for (web with tfjs_url) and runs TensorFlow.js source models."""
     if not _VERSION_RE.match(version):
         raise ToolError(
             f"tfjs version {version!r} is not a version number like 3.21.0; "

@@ -7,6 +7,7 @@ checks is a miss, so a damaged cache means a rebuild, never a failed build.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -117,6 +118,12 @@ class Entry:
     def content_hash(self) -> str:
         """The hash of the files' bytes, which names the model's folders in the bundle."""
         return content_hash(self.meta["files"])
+
+    @functools.cached_property
+    def doc(self) -> dict[str, Any]:
+        """model.json, parsed once: the runtime, verification and the targets all read it."""
+        doc: dict[str, Any] = json.loads(self.read(MODEL_JSON))
+        return doc
 
     def read(self, name: str) -> bytes:
         """The bytes of one artifact file."""

@@ -133,7 +133,7 @@ def verify_all(
         for m in todo:
             entry = entries[m.name]
             inputs, reference = entry.verify_data()
-            specs = input_specs(json.loads(entry.read(MODEL_JSON)))
+            specs = input_specs(entry.doc)
             free = all(shape[:1] in ([None], [-1]) for _, shape, _ in specs)
             checks.append(
                 Check(
@@ -162,7 +162,7 @@ def verify_all(
 
 def docs(config: Config, loaded: Loaded) -> list[tuple[str, dict[str, Any]]]:
     """Each model's format and model.json, parsed: what its tfjs runtime is derived from."""
-    return [(m.format, json.loads(loaded.entries[m.name].read(MODEL_JSON))) for m in config.models]
+    return [(m.format, loaded.entries[m.name].doc) for m in config.models]
 
 
 def artifacts(
@@ -184,7 +184,7 @@ def _errors(entry: Entry, runtimes: Sequence[Runtime]) -> dict[str, float]:
 
 def _artifacts(model: ModelConfig, entry: Entry, runtimes: Sequence[Runtime]) -> ModelArtifacts:
     model_json = entry.read(MODEL_JSON)
-    doc = json.loads(model_json)
+    doc = entry.doc
     inputs, reference = entry.verify_data()
     specs_in, specs_out = tensor_specs(doc, tuple(reference))
     return ModelArtifacts(

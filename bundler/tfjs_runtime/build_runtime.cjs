@@ -6,7 +6,7 @@
 //
 // The job (written by bundler/tfjs_runtime/build.py) names the installed packages, the
 // kernels, a model.json listing the graph ops (or none), the entry, the format and the output.
-// stdout carries one JSON line: {ok, bytes, warnings} or {ok: false, error}.
+// stdout carries one JSON line: {ok, bytes, skipped} or {ok: false, error}.
 
 const childProcess = require('child_process');
 const fs = require('fs');
@@ -95,13 +95,10 @@ async function main() {
     charset: 'utf8',
     logLevel: 'silent',
     write: false,
-    metafile: true,
   });
   const code = result.outputFiles[0].contents;
   fs.writeFileSync(job.out, code);
-  if (process.env.BUNDLER_RUNTIME_METAFILE) fs.writeFileSync(process.env.BUNDLER_RUNTIME_METAFILE, JSON.stringify(result.metafile));
-  const warnings = result.warnings.map((w) => w.text);
-  process.stdout.write(JSON.stringify({ok: true, bytes: code.length, skipped, warnings}) + '\n');
+  process.stdout.write(JSON.stringify({ok: true, bytes: code.length, skipped}) + '\n');
 }
 
 main().catch((err) => {

@@ -207,6 +207,13 @@ class KernelIndex:
         return frozenset(n for n in names if self.is_op(n))
 
 
+@functools.cache
+def index(node_modules: Path) -> KernelIndex:
+    """The index of one installed tfjs, made once per process (`bundler watch` rebuilds reuse
+    it, and what it has worked out)."""
+    return KernelIndex(node_modules)
+
+
 def tool_export(kernel: str) -> str:
     """The config name tfjs's custom module tool imports a kernel by (its util.ts)."""
     if kernel.startswith("_"):
