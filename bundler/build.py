@@ -1,8 +1,10 @@
 """build(config) → Result: the whole pipeline, in the order it runs.
 
-models (convert or reuse) → gather the targets' npm packages → build each target's tfjs
-runtime for these models → verify every model in each runtime file → every target renders its
-files in memory → emit writes them beside `out` and swaps them in → the report.
+models (convert to tfjs or reuse, when a target ships tfjs) → the export targets' files
+(TFLite, Keras: converted and checked, or reused) → gather the targets' npm packages → build
+each target's tfjs runtime for these models → verify every model in each runtime file →
+every target renders its files in memory → emit writes them beside `out` and swaps them in →
+the report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 from bundler import emit, runtimes, targets
 from bundler.manifest import Config
-from bundler.models import stage
+from bundler.models import exports, stage
+from bundler.models.artifacts import ModelArtifacts
 from bundler.models.verify import Runtime as VerifyRuntime
 from bundler.report import REPORT_FILE, ModelReport, Report, model_folder
 from bundler.targets import Target
@@ -55,28 +58,44 @@ def build(config: Config, progress: Progress | None = None) -> Result:
     started = time.perf_counter()
     say = progress or (lambda text: log.info("%s", text))
 
-    loaded = stage.load(config, say)
     chosen = targets.of(config)
+    loaded = stage.load(config, say) if targets.ships_tfjs(config) else stage.Loaded()
+    exported = exports.load(config, chosen, say, loaded)
     requests = {t.name: r for t in chosen if (r := t.runtime_request(config)) is not None}
     npm = [tfjs_build.tools(r.version) for r in requests.values()]
     npm += [n for t in chosen for n in t.runtimes(config)]
     installed = runtimes.gather(npm, say)
-    docs = stage.docs(config, loaded)
     built: dict[str, tfjs_build.Runtime] = {}
-    for name, request in requests.items():
-        packages = installed.folder(tfjs_build.tools(request.version))
-        spec = tfjs_build.spec(request, docs, packages)
-        built[name] = tfjs_build.build(spec, packages, config.project.cache_dir, say)
+    if requests:
+        docs = stage.docs(config, loaded)
+        for name, request in requests.items():
+            packages = installed.folder(tfjs_build.tools(request.version))
+            spec = tfjs_build.spec(request, docs, packages)
+            built[name] = tfjs_build.build(spec, packages, config.project.cache_dir, say)
     installed = dataclasses.replace(installed, built=built)
 
-    checked = _verify_runtimes(config, chosen, installed)
-    warnings = stage.verify_all(config, loaded, checked, say)
-    models = stage.artifacts(config, loaded, checked)
-    outputs = {t.name: t.render(config, models, installed) for t in chosen}
+    warnings: list[str] = []
+    models: tuple[ModelArtifacts, ...] = ()
+    if loaded.entries:
+        checked = _verify_runtimes(config, chosen, installed)
+        warnings = stage.verify_all(config, loaded, checked, say)
+        models = stage.artifacts(config, loaded, checked)
+    outputs = {
+        t.name: t.render(config, models, installed, exported.get(t.name, {})) for t in chosen
+    }
 
+    tfjs = {m.name: m for m in models}
     report = Report(
         targets=config.project.targets,
-        models=tuple(ModelReport.of(config, m) for m in models),
+        models=tuple(
+            ModelReport.of(
+                config,
+                m,
+                tfjs.get(m.name),
+                {kind: by_model[m.name] for kind, by_model in exported.items()},
+            )
+            for m in config.models
+        ),
         warnings=(
             *warnings,
             *config.warnings(),
@@ -99,8 +118,8 @@ def build(config: Config, progress: Progress | None = None) -> Result:
     return Result(
         report=report,
         written=written,
-        converted=loaded.converted,
-        reused=loaded.reused,
+        converted=list(dict.fromkeys(loaded.converted)),
+        reused=[n for n in dict.fromkeys(loaded.reused) if n not in loaded.converted],
         seconds=time.perf_counter() - started,
     )
 

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,41 +160,61 @@ def _build(args: argparse.Namespace, err: Console) -> int:
 
 
 def _print_report(out: Console, result: Any, out_dir: Path) -> None:
+    from bundler.targets.exported import ExportReport
     from bundler.targets.web.target import WebReport
     from bundler.targets.wechat.target import WechatReport
 
     report = result.report
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for column in (
-        "model",
-        "format",
-        "quantize",
-        "params",
-        "weights",
-        "brotli",
-        "shards",
-        "max error",
-        "",
-    ):
-        left = column in ("model", "format", "")
-        table.add_column(column, justify="left" if left else "right", no_wrap=True)
-    for m in report.models:
-        errors = [e for e in m.max_abs_error.values() if e is not None]
-        error_text = f"{max(errors):.1e}" if errors else "-"
-        quantize = m.quantize if isinstance(m.quantize, str) else "mixed"
-        state = "converted" if m.name in result.converted else "cached"
-        table.add_row(
-            m.name,
-            m.format,
-            quantize,
-            f"{m.params:,}",
-            _size(m.weight_bytes),
-            _size(m.brotli_bytes),
-            str(m.shards),
-            error_text,
-            state,
-        )
-    out.print(table)
+    tfjs = [m for m in report.models if m.tfjs is not None]
+    if tfjs:
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for column in (
+            "model",
+            "format",
+            "quantize",
+            "params",
+            "weights",
+            "brotli",
+            "shards",
+            "max error",
+            "",
+        ):
+            left = column in ("model", "format", "")
+            table.add_column(column, justify="left" if left else "right", no_wrap=True)
+        for m in tfjs:
+            assert m.tfjs is not None
+            quantize = m.quantize if isinstance(m.quantize, str) else "mixed"
+            table.add_row(
+                m.name,
+                m.tfjs.format,
+                quantize,
+                f"{m.tfjs.params:,}",
+                _size(m.tfjs.weight_bytes),
+                _size(m.tfjs.brotli_bytes),
+                str(m.tfjs.shards),
+                _error(m.max_abs_error.get(v) for v in _tfjs_versions(m.max_abs_error)),
+                "converted" if m.name in result.converted else "cached",
+            )
+        out.print(table)
+    exported = [r for r in report.target_reports.values() if isinstance(r, ExportReport)]
+    if exported:
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for column in ("model", "target", "bytes", "ops", "weights", "max error", ""):
+            left = column in ("model", "target", "weights", "")
+            table.add_column(column, justify="left" if left else "right", no_wrap=True)
+        for m in report.models:
+            for part in exported:
+                facts = part.models[m.name]
+                table.add_row(
+                    m.name,
+                    part.kind,
+                    _size(facts["bytes"]),
+                    str(facts.get("ops", "-")),
+                    _escape(facts.get("quantization", "float32")),
+                    _error([facts["max_abs_error"]]),
+                    "converted" if m.name in result.converted else "cached",
+                )
+        out.print(table)
     wechat = report.target_reports.get("wechat")
     if isinstance(wechat, WechatReport):
         packages = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
@@ -218,16 +238,24 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
             f"{_size(web.first_visit_brotli_bytes)} with brotli; "
             f"models cached in {web.cache})"
         )
+    for part in exported:
+        first = part.models[report.models[0].name]["files"][0] if report.models else ""
+        out.print(
+            f"{part.kind}: {_escape(str(out_dir / part.kind))} (one folder per model: "
+            f"{_escape(first.split('/', 1)[-1])}, ...)"
+        )
     for target, rt in report.runtimes.items():
         out.print(
             f"tfjs runtime for {target}: {_size(rt['bytes'])}, tfjs {rt['tfjs_version']}, "
             f"{len(rt['kernels'])} kernels (bundle-report.json lists them)"
         )
-    versions = sorted({v for m in report.models for v in m.max_abs_error})
-    if versions:
+    versions = sorted({v for m in report.models for v in _tfjs_versions(m.max_abs_error)})
+    runtimes = [f"tfjs {', '.join(versions)}"] if versions else []
+    runtimes += [f"{p.kind} ({p.models[report.models[0].name]['runtime']})" for p in exported]
+    if runtimes and report.models:
         out.print(
-            f"max error: largest absolute difference from the source model, "
-            f"over tfjs {', '.join(versions)}"
+            "max error: largest absolute difference from the source model, "
+            f"in {'; '.join(runtimes)}"
         )
     for warning in report.warnings:
         out.print(f"[yellow]warning:[/] {_escape(warning)}")
@@ -446,6 +474,16 @@ def _stdout() -> Console:
     if not console.is_terminal:
         console = Console(highlight=False, soft_wrap=True, width=120)
     return console
+
+
+def _tfjs_versions(errors: Mapping[str, Any]) -> list[str]:
+    """The tfjs versions among a model's max_abs_error keys (the rest are export targets)."""
+    return [key for key in errors if key[:1].isdigit()]
+
+
+def _error(errors: Iterable[float | None]) -> str:
+    known = [e for e in errors if e is not None]
+    return f"{max(known):.1e}" if known else "-"
 
 
 def _size(n: int) -> str:

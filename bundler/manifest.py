@@ -17,6 +17,10 @@ from bundler.errors import ManifestError
 from bundler.models import sources
 from bundler.targets import NAMES as TARGETS
 
+# Without `targets`, a build makes what the tool was first made for: the mini-program and the
+# site. TFLite and Keras files are asked for by name.
+DEFAULT_TARGETS = ("wechat", "web")
+
 DEFAULT_MANIFEST = "bundle.toml"
 
 FORMATS = ("graph", "layers")
@@ -26,6 +30,7 @@ DELIVERIES = ("auto", "package", "remote")
 WECHAT_CACHES = ("file", "storage")
 FRAMEWORKS = ("native", "taro", "uniapp")  # [wechat] framework: what [wechat] project is
 WEB_CACHES = ("indexeddb", "none")
+KERAS_FORMATS = ("keras", "h5")  # [keras] format: Keras 3's archive, or the legacy HDF5 file
 
 # Safe as a folder name, a WeChat subpackage root and a JS string: no `/`, `..`, quotes.
 MODEL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -112,6 +117,22 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class TfliteConfig:
+    """The `[tflite]` table."""
+
+    # Allow TensorFlow ops outside TFLite's builtins (the app then links the Flex delegate);
+    # off, a model that needs them fails with their names.
+    select_tf_ops: bool = False
+
+
+@dataclass(frozen=True)
+class KerasConfig:
+    """The `[keras]` table."""
+
+    format: str = "keras"
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole manifest, validated, with every path absolute."""
 
@@ -120,6 +141,8 @@ class Config:
     wechat: WechatConfig
     web: WebConfig
     models: tuple[ModelConfig, ...]
+    tflite: TfliteConfig = field(default_factory=TfliteConfig)
+    keras: KerasConfig = field(default_factory=KerasConfig)
 
     @property
     def root(self) -> Path:
@@ -131,8 +154,8 @@ class Config:
         from bundler import targets
 
         caps = [c for c in (model.shard_bytes, self.project.shard_bytes) if c is not None]
-        caps += [target.shard_budget(self) for target in targets.of(self)]
-        return min(caps)
+        caps += [b for t in targets.of(self) if (b := t.shard_budget(self)) is not None]
+        return min(caps, default=limits.WEB_SHARD_BUDGET_BYTES)
 
     def tfjs_versions(self) -> tuple[str, ...]:
         """The tfjs runtimes that load this build's models, one per distinct version."""
@@ -302,15 +325,25 @@ class _Validator:
     # The manifest's parts
 
     def config(self, path: Path, data: Mapping[str, Any]) -> Config | None:
-        self.table(data, "", ("project", "wechat", "web", "models"))
+        self.table(data, "", ("project", "wechat", "web", "tflite", "keras", "models"))
         project = self.project(self.sub(data, "project", ""))
         wechat = self.wechat(self.sub(data, "wechat", ""), project.targets)
         web = self.web(self.sub(data, "web", ""))
-        models = self.models(data.get("models", _MISSING))
+        tflite = self.tflite(self.sub(data, "tflite", ""))
+        keras = self.keras(self.sub(data, "keras", ""))
+        models = self.models(data.get("models", _MISSING), project.targets)
         self.out_is_safe(project, models)
         if self.problems:
             return None
-        return Config(path=path, project=project, wechat=wechat, web=web, models=models)
+        return Config(
+            path=path,
+            project=project,
+            wechat=wechat,
+            web=web,
+            models=models,
+            tflite=tflite,
+            keras=keras,
+        )
 
     def out_is_safe(self, project: ProjectConfig, models: tuple[ModelConfig, ...]) -> None:
         """`out` is replaced whole on every build: it must hold nothing but the bundle."""
@@ -336,7 +369,7 @@ class _Validator:
         name = self.get(data, "name", w, str, self.root.name or "bundle")
         out = self.get(data, "out", w, str, "dist", _relative_folder)
         cache_dir = self.get(data, "cache_dir", w, str, ".bundler-cache", _relative_folder)
-        targets_raw = self.get(data, "targets", w, list, list(TARGETS))
+        targets_raw = self.get(data, "targets", w, list, list(DEFAULT_TARGETS))
         targets: list[str] = []
         for i, t in enumerate(targets_raw):
             where = f"{w}.targets[{i}]"
@@ -351,7 +384,7 @@ class _Validator:
             else:
                 targets.append(t)
         if isinstance(targets_raw, list) and not targets_raw:
-            self.problem(f"{w}.targets", f"no target; expected one or both of {_choices(TARGETS)}")
+            self.problem(f"{w}.targets", f"no target; expected one or more of {_choices(TARGETS)}")
         return ProjectConfig(
             name=name,
             out=Path(os.path.abspath(self.root / out)),
@@ -451,7 +484,15 @@ class _Validator:
             tfjs_url=self.get(data, "tfjs_url", w, str, None, _http_url),
         )
 
-    def models(self, raw: object) -> tuple[ModelConfig, ...]:
+    def tflite(self, data: Mapping[str, Any]) -> TfliteConfig:
+        self.table(data, "tflite", ("select_tf_ops",))
+        return TfliteConfig(select_tf_ops=self.get(data, "select_tf_ops", "tflite", bool, False))
+
+    def keras(self, data: Mapping[str, Any]) -> KerasConfig:
+        self.table(data, "keras", ("format",))
+        return KerasConfig(format=self.choice(data, "format", "keras", KERAS_FORMATS, "keras"))
+
+    def models(self, raw: object, targets: tuple[str, ...]) -> tuple[ModelConfig, ...]:
         if raw is _MISSING:
             self.problem("models", "required: add at least one [[models]] table")
             return ()
@@ -466,6 +507,7 @@ class _Validator:
             model = self.model(data, f"models[{i}]")
             if model is None:
                 continue
+            self.reaches_targets(model, f"models[{i}]", targets)
             first = seen.setdefault(model.name.lower(), i)
             if first != i:
                 self.problem(
@@ -534,6 +576,32 @@ class _Validator:
             verify=verify,
             shard_bytes=shard_bytes,
         )
+
+    def reaches_targets(self, model: ModelConfig, w: str, targets: tuple[str, ...]) -> None:
+        """Every target can be made from the model's source."""
+        kind = model.input.kind
+        graph = "a TensorFlow.js graph model, which holds no Keras layers"
+        no_way = {
+            "tflite": {sources.TFJS_GRAPH: graph},
+            "keras": {
+                sources.TFJS_GRAPH: graph,
+                sources.SAVED_MODEL: "a SavedModel, which holds a graph, not Keras layers",
+            },
+        }
+        for target, kinds in no_way.items():
+            if target in targets and kind in kinds:
+                self.problem(
+                    f"{w}.source",
+                    f'model "{model.name}" is {kinds[kind]}: target "{target}" cannot be made '
+                    f"from it; give its Keras file (.keras or .h5) as source, or remove "
+                    f'"{target}" from project.targets',
+                )
+        if "tflite" in targets and not isinstance(model.quantize.label, str):
+            self.problem(
+                f"{w}.quantize",
+                f'model "{model.name}": TFLite quantizes a whole model, not weights by pattern; '
+                'with target "tflite", use "none", "float16", "uint16" or "uint8"',
+            )
 
     def quantize(self, raw: object, w: str) -> Quantize:
         if isinstance(raw, str):

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bundler import __version__, manifest
-from bundler.manifest import Config
+from bundler.manifest import Config, ModelConfig
+from bundler.models import cache, exports
 from bundler.models.artifacts import ModelArtifacts
+from bundler.models.exports import Export
 from bundler.targets import TargetReport
 
 REPORT_FILE = "bundle-report.json"
@@ -22,63 +24,93 @@ def model_folder(name: str, digest: str) -> str:
 
 
 @dataclass(frozen=True)
+class TfjsFacts:
+    """What the report says of a model's tfjs artifacts (absent when no tfjs target)."""
+
+    format: str
+    params: int
+    weight_bytes: int
+    brotli_bytes: int
+    shards: int
+    hash: str
+    files: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class ModelReport:
     """What the report says of one model."""
 
     name: str
     source: str  # relative to the manifest when inside its folder
     input_format: str
-    format: str
     quantize: str | dict[str, list[str]]
-    params: int
     source_bytes: int
-    weight_bytes: int
-    brotli_bytes: int
-    shards: int
-    hash: str
-    max_abs_error: Mapping[str, float | None]  # tfjs version → error (None: not verified)
-    files: tuple[str, ...]
+    # Each runtime the model ships to → its largest error against the source: tfjs versions,
+    # then export targets ("tflite", "keras"); None: not verified.
+    max_abs_error: Mapping[str, float | None]
+    tfjs: TfjsFacts | None
 
     @classmethod
-    def of(cls, config: Config, model: ModelArtifacts) -> ModelReport:
-        """The report of one model of this build."""
-        m = model.model
-        verified = m.verify and config.project.verify
-        versions = config.tfjs_versions() if verified else ()
-        folder = model_folder(m.name, model.hash)
+    def of(
+        cls,
+        config: Config,
+        model: ModelConfig,
+        tfjs: ModelArtifacts | None,
+        exported: Mapping[str, Export],
+    ) -> ModelReport:
+        """The report of one model of this build: its tfjs artifacts, and its exports by
+        target."""
+        verified = model.verify and config.project.verify
+        versions = config.tfjs_versions() if verified and tfjs is not None else ()
+        errors: dict[str, float | None] = {v: tfjs.errors.get(v) for v in versions if tfjs}
+        errors.update({kind: e.facts[exports.ERROR] for kind, e in exported.items()})
+        facts = None
+        if tfjs is not None:
+            folder = model_folder(model.name, tfjs.hash)
+            facts = TfjsFacts(
+                format=model.format,
+                params=tfjs.params,
+                weight_bytes=tfjs.weight_bytes,
+                brotli_bytes=tfjs.brotli_bytes,
+                shards=len(tfjs.shards),
+                hash=tfjs.hash,
+                files=tuple(f"{folder}/{name}" for name in tfjs.files),
+            )
         return cls(
-            name=m.name,
-            source=manifest.display_relative(m.input.path, config.root),
-            input_format=m.input.kind,
-            format=m.format,
-            quantize=m.quantize.label,
-            params=model.params,
-            source_bytes=model.source_bytes,
-            weight_bytes=model.weight_bytes,
-            brotli_bytes=model.brotli_bytes,
-            shards=len(model.shards),
-            hash=model.hash,
-            max_abs_error={v: model.errors.get(v) for v in versions},
-            files=tuple(f"{folder}/{name}" for name in model.files),
+            name=model.name,
+            source=manifest.display_relative(model.input.path, config.root),
+            input_format=model.input.kind,
+            quantize=model.quantize.label,
+            source_bytes=cache.source_bytes(model) if tfjs is None else tfjs.source_bytes,
+            max_abs_error=errors,
+            tfjs=facts,
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The model's entry in bundle-report.json."""
-        return {
+        """The model's entry in bundle-report.json (tfjs keys only when tfjs is built)."""
+        doc: dict[str, Any] = {
             "name": self.name,
             "source": self.source,
             "input_format": self.input_format,
-            "format": self.format,
-            "quantize": self.quantize,
-            "params": self.params,
-            "source_bytes": self.source_bytes,
-            "weight_bytes": self.weight_bytes,
-            "brotli_bytes": self.brotli_bytes,
-            "shards": self.shards,
-            "hash": self.hash,
-            "max_abs_error": dict(self.max_abs_error),
-            "files": list(self.files),
         }
+        if self.tfjs is not None:
+            doc["format"] = self.tfjs.format
+        doc["quantize"] = self.quantize
+        if self.tfjs is not None:
+            doc["params"] = self.tfjs.params
+        doc["source_bytes"] = self.source_bytes
+        if self.tfjs is not None:
+            t = self.tfjs
+            doc.update(
+                weight_bytes=t.weight_bytes,
+                brotli_bytes=t.brotli_bytes,
+                shards=t.shards,
+                hash=t.hash,
+            )
+        doc["max_abs_error"] = dict(self.max_abs_error)
+        if self.tfjs is not None:
+            doc["files"] = list(self.tfjs.files)
+        return doc
 
 
 @dataclass(frozen=True)

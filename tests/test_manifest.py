@@ -128,15 +128,20 @@ def test_manifest_outside_the_working_folder_is_named_by_its_absolute_path(
         ("shard_bytes = 1.5", "project.shard_bytes: expected an integer, got 1.5 (float)"),
         (
             'targets = ["web", "wechta"]',
-            'project.targets[1]: "wechta" is not a target; expected "wechat" or "web" '
-            '(did you mean "wechat"?)',
+            'project.targets[1]: "wechta" is not a target; expected "wechat", "web", "tflite" '
+            'or "keras" (did you mean "wechat"?)',
         ),
         (
             'targets = ["ios"]',
-            'project.targets[0]: "ios" is not a target; expected "wechat" or "web"',
+            'project.targets[0]: "ios" is not a target; expected "wechat", "web", "tflite" '
+            'or "keras"',
         ),
         ('targets = ["web", "web"]', 'project.targets[1]: "web" is listed twice'),
-        ("targets = []", 'project.targets: no target; expected one or both of "wechat" or "web"'),
+        (
+            "targets = []",
+            'project.targets: no target; expected one or more of "wechat", "web", "tflite" '
+            'or "keras"',
+        ),
     ],
     ids=[
         "unknown-key-lists-the-allowed-keys",
@@ -323,7 +328,8 @@ def test_every_problem_is_reported_at_once_in_manifest_order(project: Path) -> N
     assert error_of(project, text) == (
         "bundle.toml has 6 problems:\n"
         "  - project.out: expected a string, got 3 (integer)\n"
-        '  - project.targets[1]: "ios" is not a target; expected "wechat" or "web"\n'
+        '  - project.targets[1]: "ios" is not a target; expected "wechat", "web", "tflite" '
+        'or "keras"\n'
         '  - models[0].quantise: unknown key (did you mean "quantize"?)\n'
         f'  - models[0].name: "a/b" {SAFE_NAME_RULE}\n'
         '  - models[0].format: "graf" is not allowed; expected "graph" or "layers" '

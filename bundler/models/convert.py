@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,13 +50,13 @@ def convert(model: ModelConfig, verify: bool) -> Converted:
     if (kind == sources.TFJS_LAYERS and model.format == "layers") or kind == sources.TFJS_GRAPH:
         # Already TensorFlow.js in the wanted format: only re-quantize and re-shard.
         doc, groups = read_tfjs(model.input.path)
-        return Converted(doc, groups, _sample_inputs(doc), None)
+        return Converted(doc, groups, sample_inputs(input_specs(doc)), None)
     with tempfile.TemporaryDirectory(prefix="bundler-convert-") as tmp:
         out = Path(tmp) / "tfjs"
-        with _quiet_tensorflow():
+        with quiet_tensorflow():
             keras_model = _convert_with_tensorflow(model, out, Path(tmp))
             doc, groups = read_tfjs(out / "model.json")
-            inputs = _sample_inputs(doc)
+            inputs = sample_inputs(input_specs(doc))
             reference = _predict(model, keras_model, doc, inputs) if verify else None
     return Converted(doc, groups, inputs, reference)
 
@@ -86,42 +86,65 @@ def _convert_with_tensorflow(model: ModelConfig, out: Path, tmp: Path) -> Any:
         if kind == sources.SAVED_MODEL:
             _saved_model_to_graph(src, out)
             return None
+        loaded = load_keras(model)
         if kind == sources.TFJS_LAYERS:  # and format == "graph"
-            from tensorflowjs.converters import keras_tfjs_loader
-
-            loaded = keras_tfjs_loader.load_keras_model(str(src))
-            _tf_keras_to_graph(loaded, out)
-            return loaded
-        if _is_keras3(model.input):
-            import keras
-
-            loaded = keras.models.load_model(src, compile=False)
-            if model.format == "graph":
-                exported = tmp / "saved_model"
-                with contextlib.redirect_stdout(io.StringIO()):
-                    loaded.export(str(exported))
-                _saved_model_to_graph(exported, out)
-            else:
-                _keras3_to_layers(loaded, out)
-            return loaded
-        import tf_keras
-
-        loaded = tf_keras.models.load_model(src, compile=False)
-        if model.format == "graph":
-            _tf_keras_to_graph(loaded, out)
+            _tf_keras_to_graph(loaded.model, out)
+        elif loaded.keras3 and model.format == "graph":
+            exported = tmp / "saved_model"
+            export_saved_model(loaded.model, exported)
+            _saved_model_to_graph(exported, out)
+        elif loaded.keras3:
+            _keras3_to_layers(loaded.model, out)
+        elif model.format == "graph":
+            _tf_keras_to_graph(loaded.model, out)
         else:
             from tensorflowjs.converters import keras_h5_conversion
 
             keras_h5_conversion.save_keras_model(
-                loaded, str(out), weight_shard_size_bytes=_ONE_SHARD
+                loaded.model, str(out), weight_shard_size_bytes=_ONE_SHARD
             )
-        return loaded
+        return loaded.model
     except ModelError:
         raise
     except Exception as err:  # TensorFlow raises many kinds; the user needs the first line
         raise ModelError(
-            f"TensorFlow could not convert {src}: {_first_line(err)}", model=model.name
+            f"TensorFlow could not convert {src}: {first_line(err)}", model=model.name
         ) from err
+
+
+@dataclass(frozen=True)
+class KerasModel:
+    """A source model loaded as Keras: by Keras 3, or by Keras 2 (tf_keras)."""
+
+    model: Any
+    keras3: bool
+
+
+def load_keras(model: ModelConfig) -> KerasModel:
+    """Load a Keras file or a tfjs LayersModel with the Keras that reads it (TensorFlow needed).
+
+    TensorFlow's errors propagate; callers turn them into a ModelError naming the model.
+    """
+    src = model.input.path
+    if model.input.kind == sources.TFJS_LAYERS:
+        from tensorflowjs.converters import keras_tfjs_loader
+
+        return KerasModel(keras_tfjs_loader.load_keras_model(str(src)), keras3=False)
+    if model.input.kind not in (sources.KERAS_H5, sources.KERAS_V3):
+        raise ValueError(f"{src} is a {model.input.kind}, not a Keras model")
+    if _is_keras3(model.input):
+        import keras
+
+        return KerasModel(keras.models.load_model(src, compile=False), keras3=True)
+    import tf_keras
+
+    return KerasModel(tf_keras.models.load_model(src, compile=False), keras3=False)
+
+
+def export_saved_model(keras3_model: Any, folder: Path) -> None:
+    """A Keras 3 model as a SavedModel with a serving_default signature (Keras' export)."""
+    with contextlib.redirect_stdout(io.StringIO()):  # export prints its signature
+        keras3_model.export(str(folder))
 
 
 def _is_keras3(source: sources.Source) -> bool:
@@ -131,11 +154,24 @@ def _is_keras3(source: sources.Source) -> bool:
 
 
 def _saved_model_to_graph(saved_model: Path, out: Path) -> None:
-    from tensorflow.python.saved_model import loader_impl
     from tensorflowjs.converters import tf_saved_model_conversion_v2 as tfsm
 
-    # Read the signatures from saved_model.pb alone: loading the model costs seconds and
-    # tensorflowjs loads it again anyway.
+    serving_signature(saved_model)
+    tfsm.convert_tf_saved_model(
+        str(saved_model),
+        str(out),
+        signature_def="serving_default",
+        saved_model_tags="serve",
+        weight_shard_size_bytes=_ONE_SHARD,
+    )
+
+
+def serving_signature(saved_model: Path) -> None:
+    """Raise ModelError unless the SavedModel has a serving_default signature."""
+    from tensorflow.python.saved_model import loader_impl
+
+    # Read the signatures from saved_model.pb alone: loading the model costs seconds, and the
+    # converters load it again anyway.
     meta = loader_impl.parse_saved_model(str(saved_model))
     signatures = sorted(
         {k for graph in meta.meta_graphs for k in graph.signature_def if not k.startswith("__")}
@@ -147,13 +183,6 @@ def _saved_model_to_graph(saved_model: Path, out: Path) -> None:
             f"{found}); save it with tf.saved_model.save(model, path, signatures=...) or "
             "keras model.export(path)"
         )
-    tfsm.convert_tf_saved_model(
-        str(saved_model),
-        str(out),
-        signature_def="serving_default",
-        saved_model_tags="serve",
-        weight_shard_size_bytes=_ONE_SHARD,
-    )
 
 
 def _tf_keras_to_graph(keras_model: Any, out: Path) -> None:
@@ -250,11 +279,16 @@ def _keras2_inbound(node: Any) -> Any:
 # --- verification inputs and the reference --------------------------------------------------
 
 
-def _sample_inputs(doc: dict[str, Any]) -> tuple[tuple[str, np.ndarray[Any, Any]], ...]:
-    """Deterministic inputs for every model input, named as tfjs names them."""
+def sample_inputs(
+    specs: Sequence[tuple[str, Sequence[int | None], str]],
+) -> tuple[tuple[str, np.ndarray[Any, Any]], ...]:
+    """Deterministic inputs for (name, shape, dtype) specs, free sizes taken as VERIFY_BATCH.
+
+    Every runtime's check (tfjs, TFLite, Keras) draws its inputs here, with one seed.
+    """
     rng = np.random.default_rng(VERIFY_SEED)
     result = []
-    for name, shape, dtype in input_specs(doc):
+    for name, shape, dtype in specs:
         concrete = [VERIFY_BATCH if d is None or d < 0 else d for d in shape]
         array: np.ndarray[Any, Any]
         if dtype == "int32":
@@ -290,7 +324,7 @@ def _predict(
     except Exception as err:
         raise ModelError(
             "TensorFlow could not run the source model on sample inputs "
-            f"of shapes {[list(a.shape) for a in arrays]}: {_first_line(err)}",
+            f"of shapes {[list(a.shape) for a in arrays]}: {first_line(err)}",
             model=model.name,
         ) from err
     if isinstance(outputs, dict):
@@ -303,7 +337,7 @@ def _predict(
 
 
 @contextlib.contextmanager
-def _quiet_tensorflow() -> Iterator[None]:
+def quiet_tensorflow() -> Iterator[None]:
     """Keep TensorFlow's prints and C++ logs out of the user's terminal (-v logs them).
 
     TensorFlow's C++ side writes to file descriptor 2 directly, whatever TF_CPP_MIN_LOG_LEVEL
@@ -335,6 +369,6 @@ def _quiet_tensorflow() -> Iterator[None]:
                 log.debug("tensorflow printed:\n%s", printed)
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0][:400]

@@ -1,16 +1,23 @@
-"""The targets: each turns the models' artifacts into the files of one platform.
+"""The targets: each turns the models into the files of one platform.
 
 A target is a plug-in: a module `bundler/targets/<name>/target.py` whose `TARGET` implements
-`Target`. The build asks every target of the manifest, in this order:
+`Target`. Two kinds exist. A tfjs target (wechat, web) ships the model stage's TensorFlow.js
+artifacts with a tfjs runtime. An export target (tflite, keras) makes its own file from the
+source model with TensorFlow, through its `exporter`; the model stage runs it, verifies the
+file in the runtime that loads it, and caches the result like any conversion
+(bundler/models/exports.py). The build asks every target of the manifest, in this order:
 
-1. `shard_budget(config)` and `tfjs_version(config)`, before models are converted: the
-   largest brotli shard it can carry, and the tfjs version its pages load the models with;
+1. `shard_budget(config)`, `tfjs_version(config)` and `exporter(config)`, before models are
+   converted: the largest brotli shard it can carry, the tfjs version its pages load the
+   models with (None for both: it ships no tfjs), and how it exports a source model (None:
+   it renders the tfjs artifacts);
 2. `runtime_request(config)` and `runtimes(config)`: the tfjs runtime file the build makes
    for it (bundler/tfjs_runtime/; every model is verified in that very file), and any other
    npm packages it reads while rendering; the build installs them all (bundler/runtimes.py)
    before any target renders;
-3. `render(config, models, runtimes)`: every file it ships (paths relative to `out`) and
-   its part of the report. Rendering is pure: no installs, no writes; emit.py writes.
+3. `render(config, models, runtimes, exports)`: every file it ships (paths relative to
+   `out`) and its part of the report. Rendering is pure: no installs, no writes, no
+   TensorFlow; emit.py writes.
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from bundler.manifest import Config
     from bundler.models.artifacts import ModelArtifacts
+    from bundler.models.exports import Export, Exporter
     from bundler.runtimes import NpmSet, Runtimes
     from bundler.tfjs_runtime.build import Request
 
 # Every target, in the order the report and the terminal show them.
-NAMES = ("wechat", "web")
+NAMES = ("wechat", "web", "tflite", "keras")
 
 
 class TargetReport(Protocol):
@@ -70,12 +78,16 @@ class Target(Protocol):
 
     name: str
 
-    def shard_budget(self, config: Config) -> int:
-        """The largest brotli-compressed shard the target can carry."""
+    def shard_budget(self, config: Config) -> int | None:
+        """The largest brotli-compressed shard the target can carry (None: no tfjs shards)."""
         ...
 
     def tfjs_version(self, config: Config) -> str | None:
         """The tfjs runtime that loads the models on this platform (None: no tfjs)."""
+        ...
+
+    def exporter(self, config: Config) -> Exporter | None:
+        """How it makes its own file from a source model (None: a tfjs target)."""
         ...
 
     def runtime_request(self, config: Config) -> Request | None:
@@ -87,9 +99,17 @@ class Target(Protocol):
         ...
 
     def render(
-        self, config: Config, models: Sequence[ModelArtifacts], runtimes: Runtimes
+        self,
+        config: Config,
+        models: Sequence[ModelArtifacts],
+        runtimes: Runtimes,
+        exports: Mapping[str, Export],
     ) -> TargetOutput:
-        """Every file of the target and its report; raises a BundlerError when it cannot fit."""
+        """Every file of the target and its report; raises a BundlerError when it cannot fit.
+
+        `models` are the tfjs artifacts (none when no tfjs target is built); `exports` what
+        this target's exporter made, by model name (empty for a tfjs target).
+        """
         ...
 
 
@@ -105,3 +125,8 @@ def get(name: str) -> Target:
 def of(config: Config) -> tuple[Target, ...]:
     """The manifest's targets, in the order of NAMES."""
     return tuple(get(name) for name in NAMES if name in config.project.targets)
+
+
+def ships_tfjs(config: Config) -> bool:
+    """True when a target of the manifest ships the tfjs artifacts (the model stage's)."""
+    return any(t.exporter(config) is None for t in of(config))

@@ -23,7 +23,7 @@ import dataclasses
 import gzip
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import numpy as np
 from bundler import emit, limits
 from bundler.manifest import Config
 from bundler.models.artifacts import BROTLI_SUFFIX, HASH_LENGTH, ModelArtifacts
+from bundler.models.exports import Export
 from bundler.render import render
 from bundler.report import model_folder
 from bundler.runtimes import NpmSet, Runtimes
@@ -99,8 +100,16 @@ class WebTarget:
         """No other npm packages."""
         return []
 
+    def exporter(self, config: Config) -> None:
+        """None: it ships the tfjs artifacts."""
+        return None
+
     def render(
-        self, config: Config, models: Sequence[ModelArtifacts], installed: Runtimes
+        self,
+        config: Config,
+        models: Sequence[ModelArtifacts],
+        installed: Runtimes,
+        exports: Mapping[str, Export],
     ) -> TargetOutput:
         """The site's files, compressed copies beside every one."""
         return _render(config, models, installed)

@@ -21,6 +21,7 @@ from bundler import emit, limits
 from bundler.errors import PlanError
 from bundler.manifest import Config
 from bundler.models.artifacts import BROTLI_SUFFIX, MODEL_JSON, ModelArtifacts
+from bundler.models.exports import Export
 from bundler.render import render
 from bundler.runtimes import NpmSet, Runtimes
 from bundler.targets import TargetOutput
@@ -98,8 +99,16 @@ class WechatTarget:
         """No other npm packages."""
         return []
 
+    def exporter(self, config: Config) -> None:
+        """None: it ships the tfjs artifacts."""
+        return None
+
     def render(
-        self, config: Config, models: Sequence[ModelArtifacts], runtimes: Runtimes
+        self,
+        config: Config,
+        models: Sequence[ModelArtifacts],
+        runtimes: Runtimes,
+        exports: Mapping[str, Export],
     ) -> TargetOutput:
         """Plan and render the mini-program for these models; PlanError if it cannot fit."""
         files, report, merging = _render(config, models, runtimes)
