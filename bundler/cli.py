@@ -177,6 +177,7 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
             "brotli",
             "shards",
             "max error",
+            "top-1",
             "",
         ):
             left = column in ("model", "format", "")
@@ -193,13 +194,14 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
                 _size(m.tfjs.brotli_bytes),
                 str(m.tfjs.shards),
                 _error(m.max_abs_error.get(v) for v in _tfjs_versions(m.max_abs_error)),
+                _top1(m.top1_agreement.get(v) for v in _tfjs_versions(m.max_abs_error)),
                 "converted" if m.name in result.converted else "cached",
             )
         out.print(table)
     exported = [r for r in report.target_reports.values() if isinstance(r, ExportReport)]
     if exported:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-        for column in ("model", "target", "bytes", "ops", "weights", "max error", ""):
+        for column in ("model", "target", "bytes", "ops", "weights", "max error", "top-1", ""):
             left = column in ("model", "target", "weights", "")
             table.add_column(column, justify="left" if left else "right", no_wrap=True)
         for m in report.models:
@@ -212,6 +214,7 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
                     str(facts.get("ops", "-")),
                     _escape(facts.get("quantization", "float32")),
                     _error([facts["max_abs_error"]]),
+                    _top1([facts.get("top1_agreement")]),
                     "converted" if m.name in result.converted else "cached",
                 )
         out.print(table)
@@ -254,8 +257,8 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
     runtimes += [f"{p.kind} ({p.models[report.models[0].name]['runtime']})" for p in exported]
     if runtimes and report.models:
         out.print(
-            "max error: largest absolute difference from the source model, "
-            f"in {'; '.join(runtimes)}"
+            "max error: largest absolute difference from the source model; top-1: rows whose "
+            f"top class agrees with it; in {'; '.join(runtimes)}"
         )
     for warning in report.warnings:
         out.print(f"[yellow]warning:[/] {_escape(warning)}")
@@ -484,6 +487,12 @@ def _tfjs_versions(errors: Mapping[str, Any]) -> list[str]:
 def _error(errors: Iterable[float | None]) -> str:
     known = [e for e in errors if e is not None]
     return f"{max(known):.1e}" if known else "-"
+
+
+def _top1(shares: Iterable[float | None]) -> str:
+    """The lowest top-1 agreement as a percentage; "-" when no output is a class vector."""
+    known = [s for s in shares if s is not None]
+    return f"{min(known):.1%}" if known else "-"
 
 
 def _size(n: int) -> str:

@@ -72,6 +72,11 @@ class ModelConfig:
     preload: tuple[str, ...]
     verify: bool
     shard_bytes: int | None
+    # Real inputs to verify on (an .npz or .npy, rows first), and how many rows to take.
+    samples: Path | None = None
+    samples_limit: int | None = None
+    # The shape of each input for made-up inputs, when the model's own have free sizes.
+    input_shape: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -531,6 +536,9 @@ class _Validator:
                 "preload",
                 "verify",
                 "shard_bytes",
+                "samples",
+                "samples_limit",
+                "input_shape",
             ),
         )
         before = len(self.problems)
@@ -548,6 +556,11 @@ class _Validator:
                 )
         verify = self.get(data, "verify", w, bool, True)
         shard_bytes = self.get(data, "shard_bytes", w, int, None, _shard_bytes)
+        samples = self.samples(data, w)
+        samples_limit = self.get(data, "samples_limit", w, int, None, _positive)
+        if samples_limit is not None and "samples" not in data:
+            self.problem(f"{w}.samples_limit", "applies with samples only: set samples too")
+        input_shape = self.input_shape(data, w)
         source_input = None
         if source_text is not None:
             source = Path(os.path.abspath(self.root / source_text))
@@ -575,7 +588,48 @@ class _Validator:
             preload=tuple(preload),
             verify=verify,
             shard_bytes=shard_bytes,
+            samples=samples,
+            samples_limit=samples_limit,
+            input_shape=input_shape,
         )
+
+    def samples(self, data: Mapping[str, Any], w: str) -> Path | None:
+        text = self.get(data, "samples", w, str, None, _non_empty)
+        if text is None:
+            return None
+        path = Path(os.path.abspath(self.root / text))
+        if path.suffix.lower() not in (".npz", ".npy"):
+            self.problem(
+                f"{w}.samples",
+                f"{_show(text)} is not an .npz or .npy file; save samples with numpy.savez "
+                "(one array per input name) or numpy.save",
+            )
+        elif not path.is_file():
+            self.problem(f"{w}.samples", f"{_show(text)}: not found ({path})")
+        return path
+
+    def input_shape(self, data: Mapping[str, Any], w: str) -> tuple[tuple[int, ...], ...] | None:
+        raw = data.get("input_shape")
+        if raw is None:
+            return None
+        where = f"{w}.input_shape"
+        shapes = raw if isinstance(raw, list) and raw and isinstance(raw[0], list) else [raw]
+        if not all(
+            isinstance(shape, list)
+            and shape
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+            for shape in shapes
+        ):
+            self.problem(
+                where,
+                "expected a shape such as [1, 224, 224, 3] (rows first, every size given), or "
+                f"one such shape per input, got {_show(raw)}",
+            )
+            return None
+        if "samples" in data:
+            self.problem(where, "the samples give the inputs' shapes: remove input_shape")
+            return None
+        return tuple(tuple(shape) for shape in shapes)
 
     def reaches_targets(self, model: ModelConfig, w: str, targets: tuple[str, ...]) -> None:
         """Every target can be made from the model's source."""

@@ -49,6 +49,11 @@ class ModelReport:
     # then export targets ("tflite", "keras"); None: not verified.
     max_abs_error: Mapping[str, float | None]
     tfjs: TfjsFacts | None
+    # The same runtimes → the mean absolute error, and the share of rows whose top class
+    # agrees with the source's (None: no output is a class vector, or not verified).
+    mean_abs_error: Mapping[str, float | None] = field(default_factory=dict)
+    top1_agreement: Mapping[str, float | None] = field(default_factory=dict)
+    verified_on: Mapping[str, Any] | None = None  # {"inputs": "samples" | "made up", "rows": n}
 
     @classmethod
     def of(
@@ -62,8 +67,24 @@ class ModelReport:
         target."""
         verified = model.verify and config.project.verify
         versions = config.tfjs_versions() if verified and tfjs is not None else ()
-        errors: dict[str, float | None] = {v: tfjs.errors.get(v) for v in versions if tfjs}
-        errors.update({kind: e.facts[exports.ERROR] for kind, e in exported.items()})
+        measured = {v: tfjs.metrics.get(v) for v in versions if tfjs is not None}
+        errors: dict[str, float | None] = {
+            v: m.max_abs_error if m else None for v, m in measured.items()
+        }
+        means: dict[str, float | None] = {
+            v: m.mean_abs_error if m else None for v, m in measured.items()
+        }
+        tops = {v: m.top1_agreement if m else None for v, m in measured.items()}
+        rows = [m.rows for m in measured.values() if m]
+        for kind, e in exported.items():
+            errors[kind] = e.facts[exports.ERROR]
+            means[kind] = e.facts.get("mean_abs_error")
+            tops[kind] = e.facts.get("top1_agreement")
+            rows += [e.facts["rows"]] if e.facts.get("rows") else []
+        on = None
+        if rows:
+            made_up = model.samples is None
+            on = {"inputs": "made up" if made_up else "samples", "rows": max(rows)}
         facts = None
         if tfjs is not None:
             folder = model_folder(model.name, tfjs.hash)
@@ -84,6 +105,9 @@ class ModelReport:
             source_bytes=cache.source_bytes(model) if tfjs is None else tfjs.source_bytes,
             max_abs_error=errors,
             tfjs=facts,
+            mean_abs_error=means,
+            top1_agreement=tops,
+            verified_on=on,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -108,6 +132,10 @@ class ModelReport:
                 hash=t.hash,
             )
         doc["max_abs_error"] = dict(self.max_abs_error)
+        doc["mean_abs_error"] = dict(self.mean_abs_error)
+        doc["top1_agreement"] = dict(self.top1_agreement)
+        if self.verified_on is not None:
+            doc["verified_on"] = dict(self.verified_on)
         if self.tfjs is not None:
             doc["files"] = list(self.tfjs.files)
         return doc

@@ -103,7 +103,7 @@ def test_manifest_outside_the_working_folder_is_named_by_its_absolute_path(
     assert str(info.value) == (
         f"{path} has 1 problem:\n"
         "  - models[0].unknown: unknown key (allowed: name, source, format, quantize, "
-        "delivery, preload, verify, shard_bytes)"
+        "delivery, preload, verify, shard_bytes, samples, samples_limit, input_shape)"
     )
 
 

@@ -454,6 +454,7 @@ def test_select_tf_ops_when_allowed_and_the_terminal_table(
             "dynamic",
             "range",
             f"{sm['max_abs_error']['tflite']:.1e}",
+            "100.0%",
             "converted",
         ],
         [
@@ -463,12 +464,16 @@ def test_select_tf_ops_when_allowed_and_the_terminal_table(
             "1",
             "float32",
             "0.0e+00",
+            "100.0%",
             "converted",
         ],
     ]
     folder = "/".join(sm["tflite"]["files"][0].split("/")[1:])
     assert f"tflite: {tflite_site / 'dist' / 'tflite'} (one folder per model: {folder}, ...)" in out
-    assert "max error: largest absolute difference from the source model, in tflite" in out
+    assert (
+        "max error: largest absolute difference from the source model; top-1: rows whose "
+        "top class agrees with it; in tflite" in out
+    )
 
 
 @pytest.mark.slow

@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bundler.manifest import ModelConfig
+
+if TYPE_CHECKING:
+    from bundler.models.verify import Metrics
 
 MODEL_JSON = "model.json"
 BROTLI_SUFFIX = ".br"
@@ -64,7 +67,13 @@ class ModelArtifacts:
     reference: tuple[Array, ...]  # the source model's outputs for them; empty if unknown
     params: int
     source_bytes: int
-    errors: Mapping[str, float]  # tfjs version → max abs error against the source model
+    metrics: Mapping[str, Metrics]  # tfjs version → how far from the source model
+    made_up_inputs: bool = True  # verified on made-up inputs, not the user's samples
+
+    @property
+    def errors(self) -> dict[str, float]:
+        """tfjs version → the largest absolute error against the source model."""
+        return {version: m.max_abs_error for version, m in self.metrics.items()}
 
     @property
     def name(self) -> str:

@@ -36,8 +36,9 @@ _CHUNK = 1 << 20
 # Bump when what an entry holds changes (its layout, the verification inputs): old entries
 # then simply miss, instead of being read as damaged or, worse, reused. 3: no "hash" in
 # the meta (the folder name comes from content_hash) and no derived sizes. 4: graph nodes
-# without TensorFlow's internal attributes (pack.without_internal_attrs).
-ENTRY_FORMAT = 4
+# without TensorFlow's internal attributes (pack.without_internal_attrs). 5: inputs that fit
+# the model (models/samples.py) or the user's samples; metrics per runtime, not one error.
+ENTRY_FORMAT = 5
 
 
 def tool_versions() -> dict[str, str]:
@@ -79,18 +80,27 @@ def fingerprint(model: ModelConfig, options: Mapping[str, Any]) -> str:
         "format": model.format,
         "quantize": [[d, list(p)] for d, p in model.quantize.dtype_map],
         "options": dict(options),
+        "samples_limit": model.samples_limit,
+        "input_shape": model.input_shape,
     }
     h.update(json.dumps(head, sort_keys=True).encode())
+    if model.samples is not None:
+        h.update(b"\0samples\0")
+        _hash_file(h, model.samples)
     root = model.input.path if model.input.path.is_dir() else model.input.path.parent
     for file in source_files(model):
         h.update(b"\0file\0" + str(file.relative_to(root)).encode() + b"\0")
-        try:
-            with file.open("rb") as f:
-                while chunk := f.read(_CHUNK):
-                    h.update(chunk)
-        except FileNotFoundError:
-            h.update(b"\0missing\0")
+        _hash_file(h, file)
     return h.hexdigest()
+
+
+def _hash_file(h: Any, file: Path) -> None:
+    try:
+        with file.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    except FileNotFoundError:
+        h.update(b"\0missing\0")
 
 
 def source_bytes(model: ModelConfig) -> int:
@@ -141,8 +151,8 @@ class Entry:
             outputs = [data[f"output{i}"] for i in range(self.meta["verify_outputs"])]
         return inputs, outputs
 
-    def with_errors(self, errors: Mapping[str, float]) -> Entry:
-        """Record verification results (tfjs version → max abs error) in the entry."""
+    def with_errors(self, errors: Mapping[str, Any]) -> Entry:
+        """Record verification results (runtime id → Metrics.to_json()) in the entry."""
         meta = {**self.meta, "errors": {**self.meta.get("errors", {}), **errors}}
         _write_json(self.folder / ENTRY_FILE, meta)
         return Entry(self.folder, meta, self.contents)

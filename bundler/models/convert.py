@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +23,14 @@ import numpy as np
 
 from bundler.errors import ModelError
 from bundler.manifest import ModelConfig
-from bundler.models import sources, weights
+from bundler.models import samples, sources, weights
 from bundler.models.artifacts import input_specs
+from bundler.models.samples import Inputs
 
 log = logging.getLogger(__name__)
 
 # One shard for the intermediate files: the real cut happens in `weights.pack`.
 _ONE_SHARD = 1 << 40
-VERIFY_BATCH = 2
-VERIFY_SEED = 20261122
 
 
 @dataclass(frozen=True)
@@ -40,23 +39,24 @@ class Converted:
 
     model_json: dict[str, Any]  # everything but weightsManifest
     groups: list[list[weights.Weight]]
-    inputs: tuple[tuple[str, np.ndarray[Any, Any]], ...]  # verification inputs, by tfjs name
+    inputs: Inputs  # verification inputs, by tfjs name
     reference: tuple[np.ndarray[Any, Any], ...] | None  # what TensorFlow predicts for them
 
 
 def convert(model: ModelConfig, verify: bool) -> Converted:
-    """Convert one model; with `verify`, also run the source model on sample inputs."""
+    """Convert one model; with `verify`, also run the source model on the check's inputs
+    (the model's samples, or made-up inputs that fit it: models/samples.py)."""
     kind = model.input.kind
     if (kind == sources.TFJS_LAYERS and model.format == "layers") or kind == sources.TFJS_GRAPH:
         # Already TensorFlow.js in the wanted format: only re-quantize and re-shard.
         doc, groups = read_tfjs(model.input.path)
-        return Converted(doc, groups, sample_inputs(input_specs(doc)), None)
+        return Converted(doc, groups, samples.for_model(model, input_specs(doc)), None)
     with tempfile.TemporaryDirectory(prefix="bundler-convert-") as tmp:
         out = Path(tmp) / "tfjs"
         with quiet_tensorflow():
             keras_model = _convert_with_tensorflow(model, out, Path(tmp))
             doc, groups = read_tfjs(out / "model.json")
-            inputs = sample_inputs(input_specs(doc))
+            inputs = samples.for_model(model, input_specs(doc))
             reference = _predict(model, keras_model, doc, inputs) if verify else None
     return Converted(doc, groups, inputs, reference)
 
@@ -279,61 +279,62 @@ def _keras2_inbound(node: Any) -> Any:
 # --- verification inputs and the reference --------------------------------------------------
 
 
-def sample_inputs(
-    specs: Sequence[tuple[str, Sequence[int | None], str]],
-) -> tuple[tuple[str, np.ndarray[Any, Any]], ...]:
-    """Deterministic inputs for (name, shape, dtype) specs, free sizes taken as VERIFY_BATCH.
-
-    Every runtime's check (tfjs, TFLite, Keras) draws its inputs here, with one seed.
-    """
-    rng = np.random.default_rng(VERIFY_SEED)
-    result = []
-    for name, shape, dtype in specs:
-        concrete = [VERIFY_BATCH if d is None or d < 0 else d for d in shape]
-        array: np.ndarray[Any, Any]
-        if dtype == "int32":
-            array = rng.integers(0, 10, size=concrete).astype(np.int32)
-        else:
-            # Uniform in [0, 1): the range most image and feature inputs are scaled to.
-            array = rng.random(size=concrete, dtype=np.float32)
-        result.append((name, array))
-    return tuple(result)
-
-
 def _predict(
     model: ModelConfig,
     keras_model: Any,
     doc: dict[str, Any],
-    inputs: tuple[tuple[str, np.ndarray[Any, Any]], ...],
+    inputs: Inputs,
 ) -> tuple[np.ndarray[Any, Any], ...]:
-    """Run the source model in TensorFlow on the verification inputs."""
+    """Run the source model in TensorFlow on the verification inputs, a chunk at a time."""
     import tensorflow as tf
 
-    arrays = [a for _, a in inputs]
     try:
         if keras_model is not None:
-            outputs = keras_model(arrays[0] if len(arrays) == 1 else arrays, training=False)
+
+            def run(part: list[np.ndarray[Any, Any]]) -> Any:
+                return keras_model(part[0] if len(part) == 1 else part, training=False)
+
         else:
             fn = tf.saved_model.load(str(model.input.path)).signatures["serving_default"]
             _, spec = fn.structured_input_signature
             keys = list(spec.keys())
-            feed = {
-                k: tf.constant(a, dtype=spec[k].dtype) for k, a in zip(keys, arrays, strict=True)
-            }
-            outputs = fn(**feed)
+
+            def run(part: list[np.ndarray[Any, Any]]) -> Any:
+                return fn(
+                    **{
+                        k: tf.constant(a, dtype=spec[k].dtype)
+                        for k, a in zip(keys, part, strict=True)
+                    }
+                )
+
+        chunks = [_outputs(run(list(part.values())), doc) for part in inputs.parts()]
     except Exception as err:
         raise ModelError(
-            "TensorFlow could not run the source model on sample inputs "
-            f"of shapes {[list(a.shape) for a in arrays]}: {first_line(err)}",
+            f"TensorFlow could not run the source model on {inputs.describe()}: "
+            f"{first_line(err)}{rejected_hint(inputs)}",
             model=model.name,
         ) from err
+    return tuple(np.concatenate(parts) for parts in zip(*chunks, strict=True))
+
+
+def _outputs(outputs: Any, doc: dict[str, Any]) -> list[np.ndarray[Any, Any]]:
     if isinstance(outputs, dict):
         # The graph model's outputs come in the order of its signature, keyed alike.
         order = list((doc.get("signature") or {}).get("outputs", {})) or list(outputs)
         outputs = [outputs[k] for k in order if k in outputs]
     elif not isinstance(outputs, list | tuple):
         outputs = [outputs]
-    return tuple(np.asarray(o, dtype=np.float32) for o in outputs)
+    return [np.asarray(o, dtype=np.float32) for o in outputs]
+
+
+def rejected_hint(inputs: Inputs) -> str:
+    """What to tell a user whose model rejected made-up inputs (nothing for samples)."""
+    if not inputs.made_up:
+        return ""
+    return (
+        "; the inputs were made up from the model's input shapes: give real ones with "
+        'samples = "<file>.npz", or the shapes to make them with input_shape = [...]'
+    )
 
 
 @contextlib.contextmanager

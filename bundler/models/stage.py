@@ -16,7 +16,7 @@ from typing import Any
 
 from bundler.errors import ModelError
 from bundler.manifest import Config, ModelConfig
-from bundler.models import cache, pack
+from bundler.models import cache, pack, samples
 from bundler.models.artifacts import (
     BROTLI_SUFFIX,
     MODEL_JSON,
@@ -28,7 +28,7 @@ from bundler.models.artifacts import (
 )
 from bundler.models.cache import Cache, Entry
 from bundler.models.convert import Converted
-from bundler.models.verify import Check, Runtime, verify
+from bundler.models.verify import Check, Metrics, Runtime, verify
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,10 @@ def _entry(
         "params": param_count(converted.groups),
         "source_bytes": cache.source_bytes(model),
         "errors": {},
+        "made_up_inputs": converted.inputs.made_up,
     }
     reference = list(converted.reference) if converted.reference is not None else []
-    entry = store.put(key, files, meta, list(converted.inputs), reference)
+    entry = store.put(key, files, meta, list(converted.inputs.arrays), reference)
     loaded.converted.append(model.name)
     return entry
 
@@ -144,14 +145,16 @@ def verify_all(
                     reference=tuple(reference) if reference else None,
                     source_json=m.input.path if not reference else None,
                     other_batch=free and bool(inputs),
+                    made_up=entry.meta["made_up_inputs"],
+                    chunk_rows=samples.chunk_rows(specs),
                 )
             )
         errors = verify(checks, rt, progress=say)
         for m in todo:
-            entries[m.name] = entries[m.name].with_errors({rt.id: errors[m.name]})
+            entries[m.name] = entries[m.name].with_errors({rt.id: errors[m.name].to_json()})
     for m in checked:
         for rt in runtimes:
-            error = entries[m.name].meta["errors"][rt.id]
+            error = entries[m.name].meta["errors"][rt.id]["max_abs_error"]
             if m.quantize.is_none and error > FLOAT_TOLERANCE:
                 warnings.append(
                     f'model "{m.name}": unquantized, yet {rt.label} differs from the source '
@@ -168,18 +171,20 @@ def docs(config: Config, loaded: Loaded) -> list[tuple[str, dict[str, Any]]]:
 def artifacts(
     config: Config, loaded: Loaded, runtimes: Sequence[Runtime] = ()
 ) -> tuple[ModelArtifacts, ...]:
-    """The manifest's models as targets see them, in manifest order, with the errors that
-    `runtimes` measured (the largest per tfjs version)."""
+    """The manifest's models as targets see them, in manifest order, with what `runtimes`
+    measured (the worst per tfjs version)."""
     return tuple(_artifacts(m, loaded.entries[m.name], runtimes) for m in config.models)
 
 
-def _errors(entry: Entry, runtimes: Sequence[Runtime]) -> dict[str, float]:
-    errors: dict[str, float] = {}
+def _metrics(entry: Entry, runtimes: Sequence[Runtime]) -> dict[str, Metrics]:
+    found: dict[str, Metrics] = {}
     for rt in runtimes:
-        error = entry.meta["errors"].get(rt.id)
-        if error is not None:
-            errors[rt.version] = max(error, errors.get(rt.version, error))
-    return errors
+        data = entry.meta["errors"].get(rt.id)
+        if data is not None:
+            measured = Metrics.from_json(data)
+            known = found.get(rt.version)
+            found[rt.version] = measured if known is None else known.worst(measured)
+    return found
 
 
 def _artifacts(model: ModelConfig, entry: Entry, runtimes: Sequence[Runtime]) -> ModelArtifacts:
@@ -203,7 +208,8 @@ def _artifacts(model: ModelConfig, entry: Entry, runtimes: Sequence[Runtime]) ->
         reference=tuple(reference),
         params=entry.meta["params"],
         source_bytes=entry.meta["source_bytes"],
-        errors=_errors(entry, runtimes),
+        metrics=_metrics(entry, runtimes),
+        made_up_inputs=entry.meta["made_up_inputs"],
     )
 
 

@@ -7,6 +7,7 @@ same runtime. The Node side lives beside this module (`verify_runner.cjs`, `veri
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ from bundler.models.verify_node import NodeJob, NodeResult, run_in_tfjs
 from bundler.runtimes import ensure_tfjs
 
 _SOURCE_SUFFIX = "#source"
+# What tfjs says when a tensor does not fit an op (a shape, a rank, a size, a dtype): with
+# made-up inputs, the inputs are the likely culprit; other failures keep their own message.
+_INPUT_PROBLEM = re.compile(r"shape|rank|dtype|size|dimension|divisible|Error when checking", re.I)
 # Every model with a free batch size also runs in batches of one row: tfjs-layers splits a batch
 # past its batchSize (32 rows) and concatenates the parts, a path a batch of 2 never takes; a
 # batch of one row takes it with the rows at hand. A row must predict the same in both runs, to
@@ -53,15 +57,58 @@ class Check:
     reference: tuple[np.ndarray[Any, Any], ...] | None  # None: run `source_json` for it
     source_json: Path | None = None
     other_batch: bool = False  # run again in batches of one row (the batch size is free)
+    made_up: bool = True  # the inputs were made up from the model's shapes (not samples)
+    chunk_rows: int = 0  # rows per predict call (0: all at once)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """How far a runtime's predictions are from the source model's, on the check's rows."""
+
+    max_abs_error: float
+    mean_abs_error: float
+    # Where an output is a class vector ([rows, classes]): the share of rows whose arg-max
+    # is the source's (the lowest over such outputs); None when no output is one.
+    top1_agreement: float | None
+    rows: int
+
+    def to_json(self) -> dict[str, Any]:
+        """As the cache entry keeps it."""
+        return {
+            "max_abs_error": self.max_abs_error,
+            "mean_abs_error": self.mean_abs_error,
+            "top1_agreement": self.top1_agreement,
+            "rows": self.rows,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Metrics:
+        """Read back what `to_json` wrote."""
+        return cls(
+            float(data["max_abs_error"]),
+            float(data["mean_abs_error"]),
+            None if data["top1_agreement"] is None else float(data["top1_agreement"]),
+            int(data["rows"]),
+        )
+
+    def worst(self, other: Metrics) -> Metrics:
+        """The worse of two measurements, figure by figure."""
+        tops = [t for t in (self.top1_agreement, other.top1_agreement) if t is not None]
+        return Metrics(
+            max(self.max_abs_error, other.max_abs_error),
+            max(self.mean_abs_error, other.mean_abs_error),
+            min(tops) if tops else None,
+            max(self.rows, other.rows),
+        )
 
 
 def verify(
     checks: Sequence[Check],
     runtime: Runtime | str,
     progress: Callable[[str], None] | None = None,
-) -> dict[str, float]:
-    """Run every check in `runtime` (a version: the npm package); return model name → max
-    absolute error.
+) -> dict[str, Metrics]:
+    """Run every check in `runtime` (a version: the npm package); return model name → how
+    far its predictions are from the source's.
 
     Raises VerifyError naming each model that does not load or run, and the op, layer or
     kernel the runtime lacks.
@@ -70,13 +117,20 @@ def verify(
         return {}
     rt = Runtime.stock(runtime) if isinstance(runtime, str) else runtime
     version = rt.version
-    jobs = [NodeJob(c.name, c.model_json, c.format, c.inputs, c.other_batch) for c in checks]
+    jobs = [
+        NodeJob(c.name, c.model_json, c.format, c.inputs, c.other_batch, c.chunk_rows)
+        for c in checks
+    ]
     sources = []
     for c in checks:
         if c.reference is None:
             if c.source_json is None:
                 raise ValueError(f"check {c.name!r} has neither a reference nor a source")
-            sources.append(NodeJob(c.name + _SOURCE_SUFFIX, c.source_json, c.format, c.inputs))
+            sources.append(
+                NodeJob(
+                    c.name + _SOURCE_SUFFIX, c.source_json, c.format, c.inputs, False, c.chunk_rows
+                )
+            )
     results: dict[str, NodeResult] = {}
     if sources or rt.code is None:
         ensure_tfjs(version, log=progress)
@@ -84,12 +138,12 @@ def verify(
         # A TensorFlow.js source has no TensorFlow reference: the stock runtime runs it.
         results.update((r.id, r) for r in run_in_tfjs(sources, version))
     results.update((r.id, r) for r in run_in_tfjs(jobs, version, rt.code, rt.fmt))
-    errors: dict[str, float] = {}
+    errors: dict[str, Metrics] = {}
     problems = []
     for c in checks:
         got = results[c.name]
         if got.outputs is None:
-            problems.append(_failure(c.name, got, rt))
+            problems.append(_failure(c.name, got, rt, made_up=c.made_up))
             continue
         if got.batch_rows is not None and not got.batch_diff <= BATCH_TOLERANCE:
             problems.append(
@@ -107,7 +161,7 @@ def verify(
                 continue
             reference = source.outputs
         try:
-            errors[c.name] = max_abs_error(got.outputs, reference)
+            errors[c.name] = metrics(got.outputs, reference)
         except ValueError as err:
             problems.append(f'model "{c.name}": tfjs {version} {err}')
     if problems:
@@ -118,13 +172,14 @@ def verify(
     return errors
 
 
-def max_abs_error(
-    got: Sequence[np.ndarray[Any, Any]], want: Sequence[np.ndarray[Any, Any]]
-) -> float:
-    """The largest absolute difference over all outputs; ValueError if they do not line up."""
+def metrics(got: Sequence[np.ndarray[Any, Any]], want: Sequence[np.ndarray[Any, Any]]) -> Metrics:
+    """How far `got` is from `want`, over all outputs; ValueError if they do not line up."""
     if len(got) != len(want):
         raise ValueError(f"gave {len(got)} outputs where the source model gives {len(want)}")
-    worst = 0.0
+    worst = total = 0.0
+    count = 0
+    tops: list[float] = []
+    rows = 0
     for i, (g, w) in enumerate(zip(got, want, strict=True)):
         g = np.asarray(g, dtype=np.float64)
         w = np.asarray(w, dtype=np.float64)
@@ -134,15 +189,30 @@ def max_abs_error(
                 f"{list(w.shape)}"
             )
         g = g.reshape(w.shape)
+        rows = max(rows, int(w.shape[0]) if w.ndim else 1)
+        if w.ndim == 2 and w.shape[1] >= 2:
+            tops.append(float(np.mean(np.argmax(g, axis=1) == np.argmax(w, axis=1))))
         if not np.all(np.isfinite(g) == np.isfinite(w)):
-            return float("inf")
+            return Metrics(float("inf"), float("inf"), min(tops) if tops else None, rows)
         finite = np.isfinite(w)
         if finite.any():
-            worst = max(worst, float(np.max(np.abs(g[finite] - w[finite]))))
-    return worst
+            diff = np.abs(g[finite] - w[finite])
+            worst = max(worst, float(np.max(diff)))
+            total += float(np.sum(diff))
+            count += int(diff.size)
+    return Metrics(worst, total / count if count else 0.0, min(tops) if tops else None, rows)
 
 
-def _failure(name: str, result: NodeResult, rt: Runtime, what: str = "it") -> str:
+def max_abs_error(
+    got: Sequence[np.ndarray[Any, Any]], want: Sequence[np.ndarray[Any, Any]]
+) -> float:
+    """The largest absolute difference over all outputs; ValueError if they do not line up."""
+    return metrics(got, want).max_abs_error
+
+
+def _failure(
+    name: str, result: NodeResult, rt: Runtime, what: str = "it", made_up: bool = False
+) -> str:
     version = rt.version
     at = " in batches of one row" if result.stage == "batch" else ""
     if result.missing_kernel and rt.code is not None:
@@ -167,6 +237,12 @@ def _failure(name: str, result: NodeResult, rt: Runtime, what: str = "it") -> st
         )
     stage = "load" if result.stage == "load" else "run"
     error = (result.error or "").rstrip(". ")
+    if made_up and result.stage == "predict" and _INPUT_PROBLEM.search(error):
+        return (
+            f'model "{name}": {rt.label} rejected the inputs the build made up from the '
+            f'model\'s input shapes ({error}); give real inputs with samples = "<file>.npz", '
+            "or the shapes to make them with input_shape = [...]"
+        )
     message = f'model "{name}": {what} does not {stage}{at} in tfjs {version}: {error}'
     if "Activation" in (result.error or "") and "not been implemented" in (result.error or ""):
         # The graph converter fuses a layer's activation into _FusedMatMul/_FusedConv2D, and

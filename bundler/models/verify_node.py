@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 RUNNER = Path(__file__).with_name("verify_runner.cjs")
 RUN_TIMEOUT_S = 600.0
+# The rows run again in batches of one row: enough to take tfjs-layers' split-and-concat path
+# (any batch past one row does, with batchSize 1) without doubling the time of many samples.
+OTHER_BATCH_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class NodeJob:
     format: str  # "graph" | "layers"
     inputs: tuple[tuple[str, NDArray[Any]], ...]  # (input name, float32 or int32 array)
     other_batch: bool = False  # run again in batches of one row (the batch size is free)
+    chunk_rows: int = 0  # predict this many rows per call (0: all at once)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ def _write_job(jobs: Sequence[NodeJob], runtime: dict[str, str], work: Path) -> 
                 "inputs": inputs,
                 "outputs_prefix": str(work / f"m{i}-out"),
                 "other_batch": job.other_batch,
+                "other_batch_rows": OTHER_BATCH_ROWS,
+                "chunk_rows": job.chunk_rows,
             }
         )
     job_path = work / "job.json"

@@ -158,8 +158,29 @@ function runLayers(tf, model, inputs, options) {
   return asList(model.predict(ordered, options));
 }
 
-function run(tf, model, job, inputs) {
+function runOnce(tf, model, job, inputs) {
   return job.format === 'graph' ? runGraph(tf, model, inputs) : runLayers(tf, model, inputs);
+}
+
+// Many rows (the user's samples) run `chunk_rows` at a time, the outputs joined: memory stays
+// bounded, and a model that fixes its batch size gets batches of that size.
+async function run(tf, model, job, inputs) {
+  const rows = inputs.length ? inputs[0].tensor.shape[0] : 0;
+  const chunk = job.chunk_rows;
+  if (!chunk || !(rows > chunk)) return runOnce(tf, model, job, inputs);
+  const parts = [];
+  for (let start = 0; start < rows; start += chunk) {
+    const size = Math.min(chunk, rows - start);
+    const slice = inputs.map((inp) => ({ name: inp.name, tensor: tf.slice(inp.tensor, start, size) }));
+    try {
+      parts.push(await runOnce(tf, model, job, slice));
+    } finally {
+      for (const s of slice) s.tensor.dispose();
+    }
+  }
+  const joined = parts[0].map((_, k) => tf.concat(parts.map((p) => p[k])));
+  for (const p of parts) for (const t of p) t.dispose();
+  return joined;
 }
 
 // A second batch size, for paths only some batches take: a layers model predicts its rows in
@@ -170,8 +191,13 @@ async function otherBatch(tf, model, job, inputs, first, tensors) {
   let outs;
   let rows;
   if (job.format === 'layers') {
-    rows = inputs[0].tensor.shape[0];
-    outs = runLayers(tf, model, inputs, { batchSize: 1 });
+    rows = Math.min(inputs[0].tensor.shape[0], job.other_batch_rows || Infinity);
+    const some = inputs.map((inp) => {
+      const t = tf.slice(inp.tensor, 0, rows);
+      tensors.push(t);
+      return { name: inp.name, tensor: t };
+    });
+    outs = runLayers(tf, model, some, { batchSize: 1 });
   } else {
     rows = 1;
     const one = inputs.map((inp) => {

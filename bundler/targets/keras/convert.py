@@ -3,7 +3,7 @@
 Keras 3 writes `.keras`: a Keras 2 (tf_keras) model, a `.h5` or a tfjs LayersModel, goes
 through an HDF5 file that Keras 3 reads. `.h5` is written by the Keras that loaded the source.
 The file written is loaded again, by the Keras a user would load it with, and predicts on
-the inputs every check of the build draws (convert.sample_inputs), against the source.
+the inputs every check of the build takes (models/samples.py), against the source.
 
 A `.keras` archive carries the time it was saved (metadata.json, and the zip entries' times):
 both are fixed here, so equal models give equal bytes and the folder named by them is stable.
@@ -23,16 +23,17 @@ import numpy as np
 
 from bundler.errors import ModelError
 from bundler.manifest import Config, ModelConfig
-from bundler.models import exports
+from bundler.models import exports, samples
 from bundler.models.cache import tool_versions
 from bundler.models.convert import (
     KerasModel,
     first_line,
     load_keras,
     quiet_tensorflow,
-    sample_inputs,
+    rejected_hint,
 )
 from bundler.models.exports import Exported
+from bundler.models.verify import Metrics, metrics
 
 # The zip entries' time in a `.keras` file the bundler writes (the zip format's earliest).
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -57,16 +58,17 @@ def export(config: Config, model: ModelConfig, say: Progress) -> Exported:
             ) from err
         data = _stable_archive(path.read_bytes()) if suffix == "keras" else path.read_bytes()
         path.write_bytes(data)
-        error = None
+        keras_version = tool_versions()[
+            "keras" if suffix == "keras" or loaded.keras3 else "tf-keras"
+        ]
+        facts: dict[str, Any] = {
+            "format": suffix,
+            exports.RUNTIME: f"Keras {keras_version}",
+            exports.ERROR: None,
+        }
         if model.verify and config.project.verify:
             say(f"verifying {model.name}: loading the .{suffix} file back")
-            error = _max_error(loaded, path)
-    keras_version = tool_versions()["keras" if suffix == "keras" or loaded.keras3 else "tf-keras"]
-    facts = {
-        "format": suffix,
-        exports.RUNTIME: f"Keras {keras_version}",
-        exports.ERROR: error,
-    }
+            facts.update(_measure(loaded, path, model).to_json())
     return Exported({path.name: data}, facts)
 
 
@@ -98,15 +100,15 @@ def _stable_archive(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def _max_error(loaded: KerasModel, path: Path) -> float:
+def _measure(loaded: KerasModel, path: Path, model: ModelConfig) -> Metrics:
     """Load the file back and compare its predictions with the source model's."""
     source = loaded.model
+    names = list(source.input_names) if not loaded.keras3 else [t.name for t in source.inputs]
     specs = [
-        (f"input{i}", [d for d in tensor.shape], _dtype(tensor.dtype))
-        for i, tensor in enumerate(source.inputs)
+        (name, list(tensor.shape), _dtype(tensor.dtype))
+        for name, tensor in zip(names, source.inputs, strict=True)
     ]
-    arrays = [a for _, a in sample_inputs(specs)]
-    feed = arrays[0] if len(arrays) == 1 else arrays
+    inputs = samples.for_model(model, specs)
     try:
         if path.suffix == ".keras" or loaded.keras3:
             import keras
@@ -116,16 +118,23 @@ def _max_error(loaded: KerasModel, path: Path) -> float:
             import tf_keras
 
             reloaded = tf_keras.models.load_model(path, compile=False)
-        expected = _outputs(source(feed, training=False))
-        got = _outputs(reloaded(feed, training=False))
+        expected = _predict(source, inputs)
+        got = _predict(reloaded, inputs)
     except Exception as err:
         raise ModelError(
-            f"the {path.suffix} file did not load back and predict: {first_line(err)}"
+            f"the {path.suffix} file did not load back and predict on {inputs.describe()}: "
+            f"{first_line(err)}{rejected_hint(inputs)}"
         ) from err
-    return max(
-        (float(np.max(np.abs(g - e))) for g, e in zip(got, expected, strict=True) if g.size),
-        default=0.0,
-    )
+    return metrics(got, expected)
+
+
+def _predict(keras_model: Any, inputs: samples.Inputs) -> list[Any]:
+    parts = []
+    for part in inputs.parts():
+        arrays = list(part.values())
+        feed = arrays[0] if len(arrays) == 1 else arrays
+        parts.append(_outputs(keras_model(feed, training=False)))
+    return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
 
 
 def _outputs(result: Any) -> list[np.ndarray[Any, Any]]:

@@ -10,7 +10,7 @@ Each source takes the way TFLite's own documentation gives it:
 
 `quantize` maps to TFLite's post-training options (QUANTIZATIONS). The file is then run by
 `tf.lite.Interpreter` through its `serving_default` signature on the inputs every check of
-the build draws (convert.sample_inputs), against what the source model predicts for them.
+the build takes (models/samples.py), against what the source model predicts for them.
 """
 
 from __future__ import annotations
@@ -28,17 +28,18 @@ import numpy as np
 
 from bundler.errors import ModelError
 from bundler.manifest import Config, ModelConfig
-from bundler.models import exports, sources
+from bundler.models import exports, samples, sources
 from bundler.models.cache import tool_versions
 from bundler.models.convert import (
     export_saved_model,
     first_line,
     load_keras,
     quiet_tensorflow,
-    sample_inputs,
+    rejected_hint,
     serving_signature,
 )
 from bundler.models.exports import Exported
+from bundler.models.verify import Metrics, metrics
 
 SIGNATURE = "serving_default"
 # What each `quantize` becomes, as the report says it. Without sample data TFLite has one 8-bit
@@ -50,6 +51,9 @@ QUANTIZATIONS = {
     "uint16": "int8, dynamic range",
     "uint8": "int8, dynamic range",
 }
+# With samples, uint8 becomes TFLite's full-integer scheme: int8 weights and activations,
+# calibrated on the samples one row at a time; inputs and outputs stay float32.
+FULL_INTEGER = "int8, full integer"
 # The converter's error lists the TensorFlow ops it could not map to builtins this way.
 _SELECT_OPS = re.compile(r"TF Select ops: ([^\n]+)")
 _FLEX_PREFIX = "Flex"
@@ -62,21 +66,26 @@ def export(config: Config, model: ModelConfig, say: Progress) -> Exported:
     """The model as `<name>.tflite`, checked in TFLite's interpreter."""
     label = model.quantize.label
     assert isinstance(label, str), "the manifest refuses quantize tables with target tflite"
-    say(f"converting {model.name} to TFLite ({QUANTIZATIONS[label]})")
+    full_integer = label == "uint8" and model.samples is not None
+    quantization = FULL_INTEGER if full_integer else QUANTIZATIONS[label]
+    say(f"converting {model.name} to TFLite ({quantization})")
     with tempfile.TemporaryDirectory(prefix="bundler-tflite-") as tmp, quiet_tensorflow():
         try:
-            converter, reference = _converter(model, Path(tmp))
+            source = _converter(model, Path(tmp))
         except ModelError:
             raise
         except Exception as err:  # TensorFlow raises many kinds; the user needs the first line
             raise ModelError(
                 f"TensorFlow could not load {model.input.path}: {first_line(err)}"
             ) from err
+        converter = source.converter
         _configure(converter, label, config.tflite.select_tf_ops)
+        if full_integer:
+            _calibrate(converter, source, model, config.tflite.select_tf_ops)
         data = _convert(converter, model)
         found = contents(data)
         facts: dict[str, Any] = {
-            "quantization": QUANTIZATIONS[label],
+            "quantization": quantization,
             "ops": sum(found.ops.values()),
             "op_types": dict(sorted(found.ops.items())),
             "weight_types": dict(sorted(found.weights.items())),
@@ -86,24 +95,41 @@ def export(config: Config, model: ModelConfig, say: Progress) -> Exported:
         }
         if model.verify and config.project.verify:
             say(f"verifying {model.name} in TensorFlow Lite's interpreter")
-            facts[exports.ERROR] = _max_error(data, reference, model)
+            facts.update(_measure(data, source.reference, model).to_json())
     return Exported({f"{model.name}.tflite": data}, facts)
 
 
 Reference = Callable[[Arrays], Arrays]  # signature inputs → outputs, keyed as the signature
 
 
-def _converter(model: ModelConfig, tmp: Path) -> tuple[Any, Reference]:
+@dataclass(frozen=True)
+class Source:
+    """The source model as TFLite's converter takes it."""
+
+    converter: Any
+    reference: Reference  # the source model's predictions, keyed as the signature
+    specs: Callable[[], list[samples.Spec]]  # its inputs, in order (asked only to calibrate)
+    by_name: bool  # calibration rows go by input name (a signature), else in order
+
+
+def _converter(model: ModelConfig, tmp: Path) -> Source:
     """TFLite's converter for the source, and the source model's predictions by name."""
     import tensorflow as tf
 
     if model.input.kind == sources.SAVED_MODEL:
         serving_signature(model.input.path)
-        fn = tf.saved_model.load(str(model.input.path)).signatures[SIGNATURE]
         converter = tf.lite.TFLiteConverter.from_saved_model(
             str(model.input.path), signature_keys=[SIGNATURE]
         )
-        return converter, _signature_reference(fn)
+
+        def signature_specs() -> list[samples.Spec]:
+            fn = tf.saved_model.load(str(model.input.path)).signatures[SIGNATURE]
+            _, spec = fn.structured_input_signature
+            return [(k, list(v.shape), _dtype(v.dtype.as_numpy_dtype)) for k, v in spec.items()]
+
+        return Source(
+            converter, _signature_reference(model.input.path), signature_specs, by_name=True
+        )
     loaded = load_keras(model)
     keras_model = loaded.model
     if loaded.keras3:
@@ -119,15 +145,46 @@ def _converter(model: ModelConfig, tmp: Path) -> tuple[Any, Reference]:
         converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
         names = list(keras_model.output_names)
         inputs = list(keras_model.input_names)
-    return converter, _keras_reference(keras_model, inputs, names)
+
+    def keras_specs() -> list[samples.Spec]:
+        return [
+            (name, list(t.shape), _dtype(np.dtype(getattr(t.dtype, "name", t.dtype))))
+            for name, t in zip(inputs, keras_model.inputs, strict=True)
+        ]
+
+    return Source(
+        converter, _keras_reference(keras_model, inputs, names), keras_specs, loaded.keras3
+    )
 
 
-def _signature_reference(fn: Any) -> Reference:
+def _calibrate(converter: Any, source: Source, model: ModelConfig, select_tf_ops: bool) -> None:
+    """Full-integer quantization, its ranges measured on the samples, one row at a time."""
     import tensorflow as tf
 
-    _, spec = fn.structured_input_signature
+    inputs = samples.for_model(model, source.specs())
+
+    def rows() -> Any:
+        for i in range(inputs.rows):
+            row = {name: a[i : i + 1] for name, a in inputs.arrays}
+            yield row if source.by_name else list(row.values())
+
+    converter.representative_dataset = rows
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if select_tf_ops:
+        converter.target_spec.supported_ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+
+
+def _signature_reference(saved_model: Path) -> Reference:
+    """The SavedModel's serving_default, loaded when first asked (only to verify: seconds)."""
+    import tensorflow as tf
+
+    loaded: list[Any] = []
 
     def predict(feed: Arrays) -> Arrays:
+        if not loaded:
+            loaded.append(tf.saved_model.load(str(saved_model)).signatures[SIGNATURE])
+        fn = loaded[0]
+        _, spec = fn.structured_input_signature
         outputs = fn(**{k: tf.constant(a, dtype=spec[k].dtype) for k, a in feed.items()})
         return {k: np.asarray(v) for k, v in outputs.items()}
 
@@ -211,7 +268,8 @@ def contents(data: bytes) -> Contents:
     return Contents(ops, weights)
 
 
-def _max_error(data: bytes, reference: Reference, model: ModelConfig) -> float:
+def _measure(data: bytes, reference: Reference, model: ModelConfig) -> Metrics:
+    """Run the file in TFLite's interpreter and the source model on the same inputs."""
     import tensorflow as tf
 
     with warnings.catch_warnings():
@@ -224,28 +282,30 @@ def _max_error(data: bytes, reference: Reference, model: ModelConfig) -> float:
         (name, [int(d) for d in detail["shape_signature"]], _dtype(detail["dtype"]))
         for name, detail in details.items()
     ]
-    feed = {name: array.astype(details[name]["dtype"]) for name, array in sample_inputs(specs)}
+    inputs = samples.for_model(model, specs)
     try:
-        expected = reference(feed)
-        got = runner(**feed)
+        expected = _in_parts(reference, inputs, details)
+        got = _in_parts(lambda part: dict(runner(**part)), inputs, details)
     except Exception as err:
         raise ModelError(
-            "the TFLite file and its source could not run on sample inputs of shapes "
-            f"{[list(a.shape) for a in feed.values()]}: {first_line(err)}"
+            f"the TFLite file and its source could not run on {inputs.describe()}: "
+            f"{first_line(err)}{rejected_hint(inputs)}"
         ) from err
     if set(got) != set(expected):
         raise ModelError(
             f"the TFLite file's outputs ({', '.join(sorted(got))}) are not the source model's "
             f"({', '.join(sorted(expected))})"
         )
-    return max(
-        (
-            float(np.max(np.abs(got[k].astype(np.float64) - expected[k])))
-            for k in got
-            if got[k].size
-        ),
-        default=0.0,
-    )
+    names = sorted(got)
+    return metrics([got[k] for k in names], [expected[k] for k in names])
+
+
+def _in_parts(run: Reference, inputs: samples.Inputs, details: Mapping[str, Any]) -> Arrays:
+    """`run` on a chunk of rows at a time, in the interpreter's dtypes; the outputs joined."""
+    parts = [
+        run({k: a.astype(details[k]["dtype"]) for k, a in part.items()}) for part in inputs.parts()
+    ]
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
 
 def _dtype(dtype: Any) -> str:
