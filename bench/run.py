@@ -535,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run only the WeChat cache benchmark (bench/wechat_cache.py)",
     )
+    parser.add_argument(
+        "--tflite-only",
+        action="store_true",
+        help="run only the TFLite benchmark (bench/tflite.py)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -545,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         return wechat_bench(args.repeat, work)
     if args.runtime_only:
         return runtime_bench(work)
+    if args.tflite_only:
+        return tflite_bench(args.repeat, work)
     models = work / "models"
     logs = work / "logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -620,7 +627,12 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print(f"\nwrote {work / 'results.json'}; logs in {logs}")
     watch_rc = watch_bench(args.repeat, work)
-    return max(watch_rc, wechat_bench(args.repeat, work), runtime_bench(work))
+    return max(
+        watch_rc,
+        wechat_bench(args.repeat, work),
+        runtime_bench(work),
+        tflite_bench(args.repeat, work),
+    )
 
 
 # --- the watch benchmark --------------------------------------------------------------------
@@ -651,6 +663,15 @@ def runtime_bench(work: Path) -> int:
     Its own process; adds a `runtime` key to results.json."""
     sys.stdout.flush()
     cmd = [sys.executable, BENCH / "runtime_size.py", "--work", work]
+    return subprocess.run([str(c) for c in cmd], env=_env(), check=False).returncode
+
+
+def tflite_bench(repeat: int, work: Path) -> int:
+    """bench/tflite.py: a `.tflite` build of the models (target tflite) against one TFLite
+    converter call per model, as a ratio, with byte identity and errors. Its own process; adds
+    a `tflite` key to results.json."""
+    sys.stdout.flush()
+    cmd = [sys.executable, BENCH / "tflite.py", "--repeat", str(repeat), "--work", work]
     return subprocess.run([str(c) for c in cmd], env=_env(), check=False).returncode
 
 
