@@ -25,7 +25,7 @@ DEFAULT_MANIFEST = "bundle.toml"
 
 FORMATS = ("graph", "layers")
 QUANTIZE_DTYPES = ("float16", "uint16", "uint8")
-QUANTIZE_CHOICES = ("none", *QUANTIZE_DTYPES)
+QUANTIZE_CHOICES = ("none", *QUANTIZE_DTYPES, "auto")
 DELIVERIES = ("auto", "package", "remote")
 WECHAT_CACHES = ("file", "storage")
 FRAMEWORKS = ("native", "taro", "uniapp")  # [wechat] framework: what [wechat] project is
@@ -56,7 +56,30 @@ class Quantize:
     @property
     def is_none(self) -> bool:
         """True when no weight is quantized."""
-        return not self.dtype_map
+        return not self.dtype_map and not self.is_auto
+
+    @property
+    def is_auto(self) -> bool:
+        """True for "auto": the build picks each weight's dtype (models/auto.py)."""
+        return self.label == "auto"
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a model must meet on its samples; "auto" picks the dtypes that meet them."""
+
+    min_top1: float | None = None  # share of rows whose top class agrees with the source
+    max_error: float | None = None  # largest absolute difference from the source
+    max_bytes: int | None = None  # weight bytes
+
+    @property
+    def any(self) -> bool:
+        """True when at least one constraint is given."""
+        return any(v is not None for v in (self.min_top1, self.max_error, self.max_bytes))
+
+    def to_json(self) -> dict[str, Any]:
+        """The given constraints, by manifest key."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -77,6 +100,7 @@ class ModelConfig:
     samples_limit: int | None = None
     # The shape of each input for made-up inputs, when the model's own have free sizes.
     input_shape: tuple[tuple[int, ...], ...] | None = None
+    constraints: Constraints = field(default_factory=Constraints)
 
 
 @dataclass(frozen=True)
@@ -539,6 +563,9 @@ class _Validator:
                 "samples",
                 "samples_limit",
                 "input_shape",
+                "min_top1",
+                "max_error",
+                "max_bytes",
             ),
         )
         before = len(self.problems)
@@ -561,6 +588,23 @@ class _Validator:
         if samples_limit is not None and "samples" not in data:
             self.problem(f"{w}.samples_limit", "applies with samples only: set samples too")
         input_shape = self.input_shape(data, w)
+        constraints = Constraints(
+            min_top1=self.number(data, "min_top1", w, _share),
+            max_error=self.number(data, "max_error", w, _positive_float),
+            max_bytes=self.get(data, "max_bytes", w, int, None, _positive),
+        )
+        if quantize.is_auto and "samples" not in data:
+            self.problem(
+                f"{w}.quantize",
+                "\"auto\" picks each weight's dtype on the model's samples: set samples = "
+                '"<file>.npz" (real inputs, rows first)',
+            )
+        elif quantize.is_auto and not constraints.any:
+            self.problem(
+                f"{w}.quantize",
+                '"auto" needs a constraint to meet: min_top1 (top-1 agreement, such as 0.99), '
+                "max_error (largest absolute error) or max_bytes (weight bytes)",
+            )
         source_input = None
         if source_text is not None:
             source = Path(os.path.abspath(self.root / source_text))
@@ -591,7 +635,23 @@ class _Validator:
             samples=samples,
             samples_limit=samples_limit,
             input_shape=input_shape,
+            constraints=constraints,
         )
+
+    def number(
+        self, data: Mapping[str, Any], key: str, w: str, check: Callable[[float], str | None]
+    ) -> float | None:
+        if key not in data:
+            return None
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.problem(f"{w}.{key}", f"expected a number, got {_show(value)} ({_kind(value)})")
+            return None
+        message = check(float(value))
+        if message is not None:
+            self.problem(f"{w}.{key}", message)
+            return None
+        return float(value)
 
     def samples(self, data: Mapping[str, Any], w: str) -> Path | None:
         text = self.get(data, "samples", w, str, None, _non_empty)
@@ -650,24 +710,27 @@ class _Validator:
                     f"from it; give its Keras file (.keras or .h5) as source, or remove "
                     f'"{target}" from project.targets',
                 )
-        if "tflite" in targets and not isinstance(model.quantize.label, str):
+        if "tflite" in targets and (
+            not isinstance(model.quantize.label, str) or model.quantize.is_auto
+        ):
+            what = "picks a dtype per weight" if model.quantize.is_auto else "is a pattern table"
             self.problem(
                 f"{w}.quantize",
-                f'model "{model.name}": TFLite quantizes a whole model, not weights by pattern; '
-                'with target "tflite", use "none", "float16", "uint16" or "uint8"',
+                f'model "{model.name}": its quantize {what}, and TFLite quantizes a whole '
+                'model; with target "tflite", use "none", "float16", "uint16" or "uint8"',
             )
 
     def quantize(self, raw: object, w: str) -> Quantize:
         if isinstance(raw, str):
-            if raw == "none":
-                return Quantize("none")
+            if raw in ("none", "auto"):
+                return Quantize(raw)
             if raw in QUANTIZE_DTYPES:
                 return Quantize(raw, ((raw, ("*",)),))
             close = difflib.get_close_matches(raw, QUANTIZE_CHOICES, n=1, cutoff=0.6)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
             self.problem(
                 w,
-                f"{_show(raw)} is not allowed; expected {_choices(QUANTIZE_CHOICES)}"
+                f"{_show(raw)} is not allowed; expected {_choices(QUANTIZE_CHOICES)},"
                 f" or a table of weight-name patterns per dtype{hint}",
             )
             return Quantize("none")
@@ -761,6 +824,14 @@ def _http_url(value: str) -> str | None:
 
 def _positive(value: int) -> str | None:
     return None if value > 0 else f"{value} must be greater than 0"
+
+
+def _share(value: float) -> str | None:
+    return None if 0 < value <= 1 else f"{value:g} is not a share; expected more than 0, at most 1"
+
+
+def _positive_float(value: float) -> str | None:
+    return None if value > 0 else f"{value:g} must be greater than 0"
 
 
 def _brotli_quality(value: int) -> str | None:

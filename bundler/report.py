@@ -34,6 +34,7 @@ class TfjsFacts:
     shards: int
     hash: str
     files: tuple[str, ...]
+    auto: Mapping[str, Any] | None = None  # quantize = "auto": what it chose
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class ModelReport:
                 shards=len(tfjs.shards),
                 hash=tfjs.hash,
                 files=tuple(f"{folder}/{name}" for name in tfjs.files),
+                auto=tfjs.auto,
             )
         return cls(
             name=model.name,
@@ -120,6 +122,8 @@ class ModelReport:
         if self.tfjs is not None:
             doc["format"] = self.tfjs.format
         doc["quantize"] = self.quantize
+        if self.tfjs is not None and self.tfjs.auto is not None:
+            doc["quantize_auto"] = dict(self.tfjs.auto)
         if self.tfjs is not None:
             doc["params"] = self.tfjs.params
         doc["source_bytes"] = self.source_bytes

@@ -103,7 +103,8 @@ def test_manifest_outside_the_working_folder_is_named_by_its_absolute_path(
     assert str(info.value) == (
         f"{path} has 1 problem:\n"
         "  - models[0].unknown: unknown key (allowed: name, source, format, quantize, "
-        "delivery, preload, verify, shard_bytes, samples, samples_limit, input_shape)"
+        "delivery, preload, verify, shard_bytes, samples, samples_limit, input_shape, "
+        "min_top1, max_error, max_bytes)"
     )
 
 
@@ -175,8 +176,9 @@ def test_one_bad_project_line_is_one_problem(project: Path, line: str, problem: 
         ),
         (
             'quantize = "unit8"',
-            'models[0].quantize: "unit8" is not allowed; expected "none", "float16", "uint16" or '
-            '"uint8" or a table of weight-name patterns per dtype (did you mean "uint8"?)',
+            'models[0].quantize: "unit8" is not allowed; expected "none", "float16", "uint16", '
+            '"uint8" or "auto", or a table of weight-name patterns per dtype (did you mean '
+            '"uint8"?)',
         ),
         (
             'quantize = {int4 = ["*"]}',

@@ -89,8 +89,9 @@ def test_tflite_refuses_a_quantize_table(light: Path) -> None:
         'quantize = {uint8 = ["dense*"]}\n'
     )
     assert _problems(light, text) == (
-        'models[0].quantize: model "mlp": TFLite quantizes a whole model, not weights by '
-        'pattern; with target "tflite", use "none", "float16", "uint16" or "uint8"',
+        'models[0].quantize: model "mlp": its quantize is a pattern table, and TFLite '
+        'quantizes a whole model; with target "tflite", use "none", "float16", "uint16" or '
+        '"uint8"',
     )
 
 

@@ -69,6 +69,9 @@ class ModelArtifacts:
     source_bytes: int
     metrics: Mapping[str, Metrics]  # tfjs version → how far from the source model
     made_up_inputs: bool = True  # verified on made-up inputs, not the user's samples
+    # quantize = "auto": the chosen table (dtype → weight names), what TensorFlow measured
+    # for it on the samples, and how many candidates were judged; None otherwise.
+    auto: Mapping[str, Any] | None = None
 
     @property
     def errors(self) -> dict[str, float]:

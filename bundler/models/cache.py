@@ -79,6 +79,8 @@ def fingerprint(model: ModelConfig, options: Mapping[str, Any]) -> str:
         "kind": model.input.kind,
         "format": model.format,
         "quantize": [[d, list(p)] for d, p in model.quantize.dtype_map],
+        "quantize_auto": model.quantize.is_auto,
+        "constraints": model.constraints.to_json(),
         "options": dict(options),
         "samples_limit": model.samples_limit,
         "input_shape": model.input_shape,

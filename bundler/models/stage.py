@@ -7,16 +7,17 @@ TensorFlow is imported only when a model must really be converted.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from bundler.errors import ModelError
-from bundler.manifest import Config, ModelConfig
-from bundler.models import cache, pack, samples
+from bundler.errors import ModelError, VerifyError
+from bundler.manifest import Config, ModelConfig, Quantize
+from bundler.models import auto, cache, pack, samples
 from bundler.models.artifacts import (
     BROTLI_SUFFIX,
     MODEL_JSON,
@@ -53,7 +54,7 @@ def load(config: Config, say: Progress) -> Loaded:
     loaded = Loaded()
     # One conversion serves every model of this build with the same source and format:
     # quantization and sharding come after it.
-    conversions: dict[tuple[Path, str], Converted] = {}
+    conversions: dict[tuple[Any, ...], Converted] = {}
     for model in config.models:
         loaded.entries[model.name] = _entry(config, model, store, say, loaded, conversions)
     return loaded
@@ -74,7 +75,7 @@ def _entry(
     store: Cache,
     say: Progress,
     loaded: Loaded,
-    conversions: dict[tuple[Path, str], Converted],
+    conversions: dict[tuple[Any, ...], Converted],
 ) -> Entry:
     key = fingerprint(config, model)
     entry = store.get(key)
@@ -88,25 +89,90 @@ def _entry(
     from bundler.models.convert import convert  # imports nothing heavy; TensorFlow loads lazily
     from bundler.models.weights import param_count
 
-    converted = conversions.get((model.source, model.format))
-    if converted is None:
-        try:
+    # Models of one source, format and inputs share a conversion; quantizing and sharding
+    # come after it.
+    same = (model.source, model.format, model.samples, model.samples_limit, model.input_shape)
+    converted = conversions.get(same)
+    try:
+        if converted is None:
             converted = convert(model, verify=True)
-        except ModelError as err:
-            raise err.of(model.name) from err.__cause__
-        conversions[(model.source, model.format)] = converted
-    cap, quality = config.shard_cap(model), config.project.brotli_quality
-    files, _ = pack.build_files(converted, model.quantize, cap, quality)
+            conversions[same] = converted
+        quantize, chosen = model.quantize, None
+        if quantize.is_auto:
+            chosen = _choose(model, converted, say)
+            quantize = Quantize("auto", _dtype_map(chosen.dtypes))
+        cap, quality = config.shard_cap(model), config.project.brotli_quality
+        files, packed = pack.build_files(converted, quantize, cap, quality)
+        _check_bytes(model, sum(len(data) for _, data in packed.shards))
+    except ModelError as err:
+        raise err.of(model.name) from err.__cause__
     meta = {
         "params": param_count(converted.groups),
         "source_bytes": cache.source_bytes(model),
         "errors": {},
         "made_up_inputs": converted.inputs.made_up,
     }
+    if chosen is not None:
+        table: dict[str, list[str]] = {}
+        for name, dtype in sorted(chosen.dtypes.items()):
+            table.setdefault(dtype, []).append(name)
+        meta["auto"] = {
+            "constraints": model.constraints.to_json(),
+            "table": table,
+            "weight_bytes": chosen.weight_bytes,
+            "judged_in_tensorflow": chosen.metrics.to_json(),
+            "candidates": chosen.runs,
+        }
     reference = list(converted.reference) if converted.reference is not None else []
     entry = store.put(key, files, meta, list(converted.inputs.arrays), reference)
     loaded.converted.append(model.name)
     return entry
+
+
+def _choose(model: ModelConfig, converted: Converted, say: Progress) -> auto.Choice:
+    """quantize = "auto": judge candidates in TensorFlow on the samples (models/auto.py)."""
+    from bundler.models.evaluate import Evaluator
+
+    every = {w.name: w.array for group in converted.groups for w in group}
+    inputs = converted.inputs
+    evaluator = Evaluator(
+        model.format, converted.model_json, set(every), inputs.arrays, inputs.chunk
+    )
+    # A tfjs source has no TensorFlow reference: the model itself, unquantized, is one.
+    reference = converted.reference or tuple(evaluator.run(every))
+    choice = auto.choose(converted.groups, reference, evaluator.run, model.constraints, say)
+    if not choice.met:
+        m = choice.metrics
+        top1 = "-" if m.top1_agreement is None else f"{m.top1_agreement:.2%}"
+        given = ", ".join(f"{k} = {v}" for k, v in model.constraints.to_json().items())
+        raise ModelError(
+            f'quantize "auto": no choice of dtypes meets {given} on the samples; the best '
+            f"reached gives top-1 agreement {top1}, max error {m.max_abs_error:.3g} and "
+            f"{choice.weight_bytes:,} weight bytes. Loosen a constraint, or give samples that "
+            "represent the model's real inputs"
+        )
+    counts = Counter(choice.dtypes.values())
+    mix = ", ".join(f"{counts[d]} {d}" for d in ("uint8", "uint16", "float16", "none") if counts[d])
+    say(f"quantize auto for {model.name}: {mix} ({choice.runs} candidates judged)")
+    return choice
+
+
+def _dtype_map(dtypes: Mapping[str, str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A per-weight choice as a quantize table: each weight's name as a pattern of its own."""
+    table: dict[str, list[str]] = {}
+    for name, dtype in sorted(dtypes.items()):
+        if dtype != "none":
+            table.setdefault(dtype, []).append(glob.escape(name))
+    return tuple((dtype, tuple(names)) for dtype, names in table.items())
+
+
+def _check_bytes(model: ModelConfig, weight_bytes: int) -> None:
+    limit = model.constraints.max_bytes
+    if limit is not None and weight_bytes > limit:
+        raise ModelError(
+            f"its weights take {weight_bytes:,} bytes at quantize {_quantize_label(model)}, "
+            f"over max_bytes = {limit:,}; quantize more (uint8), or raise max_bytes"
+        )
 
 
 def verify_all(
@@ -152,15 +218,39 @@ def verify_all(
         errors = verify(checks, rt, progress=say)
         for m in todo:
             entries[m.name] = entries[m.name].with_errors({rt.id: errors[m.name].to_json()})
+    missed = []
     for m in checked:
         for rt in runtimes:
-            error = entries[m.name].meta["errors"][rt.id]["max_abs_error"]
+            measured = Metrics.from_json(entries[m.name].meta["errors"][rt.id])
+            error = measured.max_abs_error
             if m.quantize.is_none and error > FLOAT_TOLERANCE:
                 warnings.append(
                     f'model "{m.name}": unquantized, yet {rt.label} differs from the source '
                     f"by up to {error:.3g}; check the model's ops"
                 )
+            if not auto.meets(measured, m.constraints):
+                missed.append(_missed(m, rt, measured))
+    if missed:
+        noun = "model misses" if len(missed) == 1 else "models miss"
+        raise VerifyError(f"{len(missed)} {noun} its constraints:", problems=tuple(missed))
     return list(dict.fromkeys(warnings))
+
+
+def _missed(model: ModelConfig, rt: Runtime, measured: Metrics) -> str:
+    c = model.constraints
+    top1 = measured.top1_agreement
+    found = []
+    if c.min_top1 is not None:
+        found.append(
+            f"top-1 agreement {'-' if top1 is None else f'{top1:.2%}'} (min_top1 {c.min_top1:g})"
+        )
+    if c.max_error is not None:
+        found.append(f"max error {measured.max_abs_error:.3g} (max_error {c.max_error:g})")
+    chosen = ' chosen by "auto" in TensorFlow' if model.quantize.is_auto else ""
+    return (
+        f'model "{model.name}": in {rt.label}, its weights{chosen} give {" and ".join(found)}; '
+        "loosen the constraint, or quantize less"
+    )
 
 
 def docs(config: Config, loaded: Loaded) -> list[tuple[str, dict[str, Any]]]:
@@ -210,6 +300,7 @@ def _artifacts(model: ModelConfig, entry: Entry, runtimes: Sequence[Runtime]) ->
         source_bytes=entry.meta["source_bytes"],
         metrics=_metrics(entry, runtimes),
         made_up_inputs=entry.meta["made_up_inputs"],
+        auto=entry.meta.get("auto"),
     )
 
 

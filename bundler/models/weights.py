@@ -138,6 +138,12 @@ def _quantized_storage(quant: Any, where: str, name: str) -> np.dtype[Any]:
     return _QUANTIZED[quant["dtype"]]
 
 
+def dequantize(data: np.ndarray[Any, Any], quant: dict[str, Any]) -> np.ndarray[Any, Any]:
+    """The float32 values a tfjs runtime reads back from `quantize`'s output."""
+    result: np.ndarray[Any, Any] = _dequantize(data, quant, "float32")
+    return result
+
+
 def _dequantize(raw: np.ndarray[Any, Any], quant: dict[str, Any], dtype: str) -> Any:
     if quant["dtype"] == "float16":
         return raw.astype(np.float32)
