@@ -9,6 +9,8 @@ The models are trained with Keras 3 on scikit-learn's bundled 8x8 digits (no dow
   a ``serving_default`` signature, input ``image`` of shape (8, 8, 1).
 - ``models/samples.json``: one test image per digit with the probabilities both trained models
   give for it, so tests and demo pages can check that a converted model still predicts the same.
+- ``models/digits_test.npz``: the whole test split (450 images as ``image``, (450, 8, 8, 1), and
+  their ``label``), the samples the bundle verifies digits_cnn on and picks its quantization by.
 
 The outputs are committed to the repository, so users do not need to run this script; it is
 here so the models can be rebuilt and audited. Run it with ``python example_site/train.py``
@@ -45,6 +47,7 @@ MODELS_DIR = HERE / "models"
 MLP_PATH = MODELS_DIR / "digits_mlp.keras"
 CNN_DIR = MODELS_DIR / "digits_cnn"
 SAMPLES_PATH = MODELS_DIR / "samples.json"
+TEST_SPLIT_PATH = MODELS_DIR / "digits_test.npz"
 
 SEED = 0
 NUM_CLASSES = 10
@@ -169,6 +172,9 @@ def main() -> None:
         shutil.rmtree(CNN_DIR)
     cnn.export(str(CNN_DIR), format="tf_saved_model", verbose=False)
 
+    # The bundle's samples for digits_cnn (bundle.toml): every test image, as the CNN takes it.
+    np.savez_compressed(TEST_SPLIT_PATH, image=x_test.reshape(to_image), label=y_test)
+
     sample_pixels, sample_labels = pick_samples(x_test, y_test)
     write_samples(
         sample_pixels,
@@ -179,7 +185,7 @@ def main() -> None:
 
     print(f"digits_mlp test accuracy: {mlp_accuracy:.4f}")
     print(f"digits_cnn test accuracy: {cnn_accuracy:.4f}")
-    print(f"wrote {MLP_PATH}, {CNN_DIR}, {SAMPLES_PATH}")
+    print(f"wrote {MLP_PATH}, {CNN_DIR}, {SAMPLES_PATH}, {TEST_SPLIT_PATH}")
 
 
 if __name__ == "__main__":

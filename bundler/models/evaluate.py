@@ -52,7 +52,7 @@ class Evaluator:
         self,
         fmt: str,
         doc: Mapping[str, Any],
-        weights: set[str],
+        weights: Mapping[str, Array],
         inputs: Sequence[tuple[str, Array]],
         chunk: int,
     ) -> None:
@@ -107,7 +107,7 @@ def _weight(weights: Mapping[str, Array], name: str) -> Array:
     return weights["/".join([*tokens[:-2], tokens[-1]])]
 
 
-def _graph(doc: Mapping[str, Any], names: set[str]) -> Runner:
+def _graph(doc: Mapping[str, Any], weights: Mapping[str, Array]) -> Runner:
     import tensorflow as tf
     from google.protobuf import json_format
 
@@ -115,14 +115,25 @@ def _graph(doc: Mapping[str, Any], names: set[str]) -> Runner:
         {k: v for k, v in doc["modelTopology"].items() if k in ("node", "library", "versions")},
         tf.compat.v1.GraphDef(),
     )
+    # Float weights are what candidates change: placeholders, fed per run. The others (shapes,
+    # indices) stay constants, which TensorFlow's shape inference needs.
+    names = {name for name, a in weights.items() if a.dtype == np.float32}
+    # The shape each weight's node declares: the weights manifest writes a scalar as [1].
+    shapes: dict[str, list[int]] = {}
     nodes = []
     for node in graph_def.node:
+        if node.name in weights and node.op == "Const":
+            dims = [int(d.size) for d in node.attr["value"].tensor.tensor_shape.dim]
+            shapes[node.name] = dims
         if node.name in names and node.op == "Const":
-            # A weight: a placeholder fed with each candidate's values.
             node.op = "Placeholder"
             dtype = node.attr["dtype"]
             node.ClearField("attr")
             node.attr["dtype"].CopyFrom(dtype)
+            nodes.append(node)
+        elif node.name in weights and node.op == "Const":
+            value = _declared(weights[node.name], shapes[node.name])
+            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
             nodes.append(node)
         elif node.op in _FUSED:
             nodes.extend(_unfuse(node))
@@ -146,14 +157,25 @@ def _graph(doc: Mapping[str, Any], names: set[str]) -> Runner:
     outputs = [str(spec.get("name", key)) for key, spec in (signature.get("outputs") or {}).items()]
     fetches = [graph.get_tensor_by_name(o if ":" in o else o + ":0") for o in outputs]
     feeds = {name: graph.get_tensor_by_name(name + ":0") for name, _, _ in input_specs(doc)}
-    weight_tensors = {name: graph.get_tensor_by_name(name + ":0") for name in names}
+    weight_tensors = {
+        name: graph.get_tensor_by_name(name + ":0") for name in names if name in shapes
+    }
 
     def run(weights: Mapping[str, Array], part: Sequence[tuple[str, Array]]) -> list[Array]:
-        feed: dict[Any, Array] = {weight_tensors[n]: weights[n] for n in weight_tensors}
+        feed: dict[Any, Array] = {
+            weight_tensors[n]: _declared(weights[n], shapes.get(n)) for n in weight_tensors
+        }
         feed.update({feeds[name]: array for name, array in part})
         return [np.asarray(v, dtype=np.float32) for v in session.run(fetches, feed)]
 
     return run
+
+
+def _declared(array: Array, shape: list[int] | None) -> Array:
+    """`array` in the shape its graph node declares, when that holds as many values."""
+    if shape is None or list(array.shape) == shape or int(np.prod(shape)) != array.size:
+        return array
+    return array.reshape(shape)
 
 
 def _unfuse(node: Any) -> list[Any]:

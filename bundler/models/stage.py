@@ -131,16 +131,18 @@ def _entry(
 
 def _choose(model: ModelConfig, converted: Converted, say: Progress) -> auto.Choice:
     """quantize = "auto": judge candidates in TensorFlow on the samples (models/auto.py)."""
+    from bundler.models.convert import quiet_tensorflow
     from bundler.models.evaluate import Evaluator
 
     every = {w.name: w.array for group in converted.groups for w in group}
     inputs = converted.inputs
-    evaluator = Evaluator(
-        model.format, converted.model_json, set(every), inputs.arrays, inputs.chunk
-    )
-    # A tfjs source has no TensorFlow reference: the model itself, unquantized, is one.
-    reference = converted.reference or tuple(evaluator.run(every))
-    choice = auto.choose(converted.groups, reference, evaluator.run, model.constraints, say)
+    with quiet_tensorflow():
+        evaluator = Evaluator(
+            model.format, converted.model_json, every, inputs.arrays, inputs.chunk
+        )
+        # A tfjs source has no TensorFlow reference: the model itself, unquantized, is one.
+        reference = converted.reference or tuple(evaluator.run(every))
+        choice = auto.choose(converted.groups, reference, evaluator.run, model.constraints, say)
     if not choice.met:
         m = choice.metrics
         top1 = "-" if m.top1_agreement is None else f"{m.top1_agreement:.2%}"

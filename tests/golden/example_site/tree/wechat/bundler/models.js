@@ -53,7 +53,7 @@ module.exports = {
    }
   ],
   "modelJson": {
-   "bytes": 9189,
+   "bytes": 10130,
    "path": "models-digits_cnn-1/digits_cnn/{hash:digits_cnn}/model.json",
    "sha256": "{sha256:models/digits_cnn/{hash:digits_cnn}/model.json}",
    "url": null
@@ -61,9 +61,9 @@ module.exports = {
   "name": "digits_cnn",
   "shards": [
    {
-    "bytes": 36902,
+    "bytes": 14660,
     "path": "models-digits_cnn-1/digits_cnn/{hash:digits_cnn}/group1-shard1of1.bin.br",
-    "rawBytes": 39864,
+    "rawBytes": 15332,
     "rawSha256": "{sha256:models/digits_cnn/{hash:digits_cnn}/group1-shard1of1.bin}",
     "sha256": "{sha256:models/digits_cnn/{hash:digits_cnn}/group1-shard1of1.bin.br}",
     "url": null
@@ -72,7 +72,7 @@ module.exports = {
   "subpackages": [
    "models-digits_cnn-1"
   ],
-  "weightBytes": 39864
+  "weightBytes": 15332
  },
  "digits_layers": {
   "delivery": "package",
