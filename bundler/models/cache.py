@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,15 @@ class Entry:
             outputs = [data[f"output{i}"] for i in range(self.meta["verify_outputs"])]
         return inputs, outputs
 
+    def with_reference(self, reference: Sequence[np.ndarray[Any, Any]]) -> Entry:
+        """Keep the source model's outputs for the verification inputs (a tfjs source has no
+        TensorFlow reference: the stock runtime measures it once)."""
+        inputs, _ = self.verify_data()
+        digest = _write_verify(self.folder, inputs, list(reference))
+        meta = {**self.meta, "verify_outputs": len(reference), "verify_sha256": digest}
+        _write_json(self.folder / ENTRY_FILE, meta)
+        return Entry(self.folder, meta, self.contents)
+
     def with_errors(self, errors: Mapping[str, Any]) -> Entry:
         """Record verification results (runtime id → Metrics.to_json()) in the entry."""
         meta = {**self.meta, "errors": {**self.meta.get("errors", {}), **errors}}
@@ -205,15 +214,13 @@ class Cache:
         try:
             for name, data in files.items():
                 (tmp / name).write_bytes(data)
-            arrays = {f"input{i}": a for i, (_, a) in enumerate(verify_inputs)}
-            arrays.update({f"output{i}": a for i, a in enumerate(reference)})
-            np.savez(tmp / VERIFY_FILE, **arrays)
+            digest = _write_verify(tmp, verify_inputs, reference)
             full = {
                 **meta,
                 "files": {name: _sha256(data) for name, data in files.items()},
                 "verify_inputs": [n for n, _ in verify_inputs],
                 "verify_outputs": len(reference),
-                "verify_sha256": _sha256((tmp / VERIFY_FILE).read_bytes()),
+                "verify_sha256": digest,
             }
             _write_json(tmp / ENTRY_FILE, full)
             shutil.rmtree(final, ignore_errors=True)
@@ -222,6 +229,21 @@ class Cache:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return Entry(final, full, dict(files))
+
+
+def _write_verify(
+    folder: Path,
+    inputs: Sequence[tuple[str, np.ndarray[Any, Any]]],
+    reference: Sequence[np.ndarray[Any, Any]],
+) -> str:
+    """Write verify.npz (atomically); return its sha256."""
+    arrays = {f"input{i}": a for i, (_, a) in enumerate(inputs)}
+    arrays.update({f"output{i}": a for i, a in enumerate(reference)})
+    tmp = folder / (VERIFY_FILE + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    digest = _sha256(tmp.read_bytes())
+    os.replace(tmp, folder / VERIFY_FILE)
+    return digest
 
 
 def _sha256(data: bytes) -> str:

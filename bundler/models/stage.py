@@ -7,17 +7,19 @@ TensorFlow is imported only when a model must really be converted.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 from bundler.errors import ModelError, VerifyError
 from bundler.manifest import Config, ModelConfig, Quantize
-from bundler.models import auto, cache, pack, samples
+from bundler.models import auto, cache, exports, pack, samples
 from bundler.models.artifacts import (
     BROTLI_SUFFIX,
     MODEL_JSON,
@@ -29,7 +31,7 @@ from bundler.models.artifacts import (
 )
 from bundler.models.cache import Cache, Entry
 from bundler.models.convert import Converted
-from bundler.models.verify import Check, Metrics, Runtime, verify
+from bundler.models.verify import Check, Metrics, Runtime, source_outputs, verify
 
 log = logging.getLogger(__name__)
 
@@ -193,31 +195,17 @@ def verify_all(
                 "the tfjs runtime loads it and predicts what the source model predicts"
             )
     entries = loaded.entries
+    _references(checked, entries, runtimes, say)
+    jobs: list[tuple[Runtime, list[ModelConfig], list[Check]]] = []
     for rt in runtimes:
         todo = [m for m in checked if rt.id not in entries[m.name].meta["errors"]]
-        if not todo:
-            continue
-        say(f"verifying {', '.join(m.name for m in todo)} in {rt.label}")
-        checks = []
-        for m in todo:
-            entry = entries[m.name]
-            inputs, reference = entry.verify_data()
-            specs = input_specs(entry.doc)
-            free = all(shape[:1] in ([None], [-1]) for _, shape, _ in specs)
-            checks.append(
-                Check(
-                    name=m.name,
-                    model_json=entry.folder / MODEL_JSON,
-                    format=m.format,
-                    inputs=tuple(inputs),
-                    reference=tuple(reference) if reference else None,
-                    source_json=m.input.path if not reference else None,
-                    other_batch=free and bool(inputs),
-                    made_up=entry.meta["made_up_inputs"],
-                    chunk_rows=samples.chunk_rows(specs),
-                )
-            )
-        errors = verify(checks, rt, progress=say)
+        if todo:
+            jobs.append((rt, todo, [_check(m, entries[m.name]) for m in todo]))
+    # One Node process per runtime, as many at once as there are cores.
+    tasks = [functools.partial(verify, checks, rt, progress=say) for rt, _, checks in jobs]
+    labels = [f"verifying {', '.join(m.name for m in todo)} in {rt.label}" for rt, todo, _ in jobs]
+    outcomes = _in_parallel(tasks, labels, say)
+    for (rt, todo, _), errors in zip(jobs, outcomes, strict=True):
         for m in todo:
             entries[m.name] = entries[m.name].with_errors({rt.id: errors[m.name].to_json()})
     missed = []
@@ -236,6 +224,64 @@ def verify_all(
         noun = "model misses" if len(missed) == 1 else "models miss"
         raise VerifyError(f"{len(missed)} {noun} its constraints:", problems=tuple(missed))
     return list(dict.fromkeys(warnings))
+
+
+def _references(
+    checked: Sequence[ModelConfig],
+    entries: dict[str, Entry],
+    runtimes: Sequence[Runtime],
+    say: Progress,
+) -> None:
+    """A tfjs source has no TensorFlow reference: run its model.json once, in the stock
+    runtime of the first version the build verifies in, and keep the outputs in its entry,
+    so that each runtime runs only the bundle's files."""
+    todo = [
+        m
+        for m in checked
+        if entries[m.name].meta["verify_outputs"] == 0
+        and any(rt.id not in entries[m.name].meta["errors"] for rt in runtimes)
+    ]
+    if not todo or not runtimes:
+        return
+    version = runtimes[0].version
+    say(
+        f"running the source of {', '.join(m.name for m in todo)} in tfjs {version} (the reference)"
+    )
+    outputs = source_outputs([_check(m, entries[m.name]) for m in todo], version, say)
+    for m in todo:
+        entries[m.name] = entries[m.name].with_reference(outputs[m.name])
+
+
+def _check(model: ModelConfig, entry: Entry) -> Check:
+    inputs, reference = entry.verify_data()
+    specs = input_specs(entry.doc)
+    free = all(shape[:1] in ([None], [-1]) for _, shape, _ in specs)
+    return Check(
+        name=model.name,
+        model_json=entry.folder / MODEL_JSON,
+        format=model.format,
+        inputs=tuple(inputs),
+        reference=tuple(reference) if reference else None,
+        source_json=model.input.path if not reference else None,
+        other_batch=free and bool(inputs),
+        made_up=entry.meta["made_up_inputs"],
+        chunk_rows=samples.chunk_rows(specs),
+    )
+
+
+def _in_parallel(
+    tasks: Sequence[Callable[[], dict[str, Metrics]]], labels: Sequence[str], say: Progress
+) -> list[dict[str, Metrics]]:
+    """Run each task in a thread of its own (each waits on a Node process), at most one per
+    core; the first failure in task order is raised once all have ended."""
+    for label in labels:
+        say(label)
+    if len(tasks) < 2:
+        return [task() for task in tasks]
+    with ThreadPoolExecutor(max_workers=min(len(tasks), exports.jobs())) as pool:
+        futures = [pool.submit(task) for task in tasks]
+        wait(futures)
+    return [future.result() for future in futures]
 
 
 def _missed(model: ModelConfig, rt: Runtime, measured: Metrics) -> str:

@@ -8,6 +8,7 @@ same runtime. The Node side lives beside this module (`verify_runner.cjs`, `veri
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from bundler.errors import VerifyError
 from bundler.models.verify_node import NodeJob, NodeResult, run_in_tfjs
 from bundler.runtimes import ensure_tfjs
 
-_SOURCE_SUFFIX = "#source"
+_INSTALLING = threading.Lock()
 # What tfjs says when a tensor does not fit an op (a shape, a rank, a size, a dtype): with
 # made-up inputs, the inputs are the likely culprit; other failures keep their own message.
 _INPUT_PROBLEM = re.compile(r"shape|rank|dtype|size|dimension|divisible|Error when checking", re.I)
@@ -121,23 +122,11 @@ def verify(
         NodeJob(c.name, c.model_json, c.format, c.inputs, c.other_batch, c.chunk_rows)
         for c in checks
     ]
-    sources = []
-    for c in checks:
-        if c.reference is None:
-            if c.source_json is None:
-                raise ValueError(f"check {c.name!r} has neither a reference nor a source")
-            sources.append(
-                NodeJob(
-                    c.name + _SOURCE_SUFFIX, c.source_json, c.format, c.inputs, False, c.chunk_rows
-                )
-            )
-    results: dict[str, NodeResult] = {}
-    if sources or rt.code is None:
-        ensure_tfjs(version, log=progress)
-    if sources:
-        # A TensorFlow.js source has no TensorFlow reference: the stock runtime runs it.
-        results.update((r.id, r) for r in run_in_tfjs(sources, version))
-    results.update((r.id, r) for r in run_in_tfjs(jobs, version, rt.code, rt.fmt))
+    references = source_outputs([c for c in checks if c.reference is None], version, progress)
+    if rt.code is None:
+        with _INSTALLING:
+            ensure_tfjs(version, log=progress)
+    results = {r.id: r for r in run_in_tfjs(jobs, version, rt.code, rt.fmt)}
     errors: dict[str, Metrics] = {}
     problems = []
     for c in checks:
@@ -151,15 +140,7 @@ def verify(
                 f"of one row give other values than in one batch (by up to {got.batch_diff:.3g})"
             )
             continue
-        reference = c.reference
-        if reference is None:
-            source = results[c.name + _SOURCE_SUFFIX]
-            if source.outputs is None:
-                problems.append(
-                    _failure(c.name, source, Runtime.stock(version), what="its source model.json")
-                )
-                continue
-            reference = source.outputs
+        reference = c.reference if c.reference is not None else references[c.name]
         try:
             errors[c.name] = metrics(got.outputs, reference)
         except ValueError as err:
@@ -170,6 +151,40 @@ def verify(
             f"{len(problems)} {noun} in the tfjs {version} runtime:", problems=tuple(problems)
         )
     return errors
+
+
+def source_outputs(
+    checks: Sequence[Check], version: str, progress: Callable[[str], None] | None = None
+) -> dict[str, tuple[np.ndarray[Any, Any], ...]]:
+    """Run each check's source model.json in stock tfjs `version` on the check's inputs: the
+    reference of a TensorFlow.js source, which has no TensorFlow one.
+
+    Raises VerifyError naming each source that does not load or run.
+    """
+    if not checks:
+        return {}
+    with _INSTALLING:  # runtimes verify in parallel; one npm install per folder at a time
+        ensure_tfjs(version, log=progress)
+    jobs = []
+    for c in checks:
+        if c.source_json is None:
+            raise ValueError(f"check {c.name!r} has neither a reference nor a source")
+        jobs.append(NodeJob(c.name, c.source_json, c.format, c.inputs, False, c.chunk_rows))
+    found: dict[str, tuple[np.ndarray[Any, Any], ...]] = {}
+    problems = []
+    for c, result in zip(checks, run_in_tfjs(jobs, version), strict=True):
+        if result.outputs is None:
+            stock = Runtime.stock(version)
+            what = "its source model.json"
+            problems.append(_failure(c.name, result, stock, what=what, made_up=c.made_up))
+        else:
+            found[c.name] = result.outputs
+    if problems:
+        noun = "model fails" if len(problems) == 1 else "models fail"
+        raise VerifyError(
+            f"{len(problems)} {noun} in the tfjs {version} runtime:", problems=tuple(problems)
+        )
+    return found
 
 
 def metrics(got: Sequence[np.ndarray[Any, Any]], want: Sequence[np.ndarray[Any, Any]]) -> Metrics:
