@@ -144,7 +144,12 @@ def _choose(model: ModelConfig, converted: Converted, say: Progress) -> auto.Cho
         )
         # A tfjs source has no TensorFlow reference: the model itself, unquantized, is one.
         reference = converted.reference or tuple(evaluator.run(every))
-        choice = auto.choose(converted.groups, reference, evaluator.run, model.constraints, say)
+
+    def run(weights: Mapping[str, Any]) -> list[Any]:
+        with quiet_tensorflow():  # not around the search: its progress lines must show
+            return evaluator.run(weights)
+
+    choice = auto.choose(converted.groups, reference, run, model.constraints, say)
     if not choice.met:
         m = choice.metrics
         top1 = "-" if m.top1_agreement is None else f"{m.top1_agreement:.2%}"
