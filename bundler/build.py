@@ -97,6 +97,7 @@ def build(config: Config, progress: Progress | None = None) -> Result:
             for m in config.models
         ),
         warnings=(
+            *loaded.warnings,
             *warnings,
             *config.warnings(),
             *(w for output in outputs.values() for w in output.report.warnings),

@@ -153,12 +153,17 @@ class Entry:
             outputs = [data[f"output{i}"] for i in range(self.meta["verify_outputs"])]
         return inputs, outputs
 
-    def with_reference(self, reference: Sequence[np.ndarray[Any, Any]]) -> Entry:
-        """Keep the source model's outputs for the verification inputs (a tfjs source has no
-        TensorFlow reference: the stock runtime measures it once)."""
+    def with_reference(self, reference: Sequence[np.ndarray[Any, Any]], source: str) -> Entry:
+        """Keep the source model's outputs for the verification inputs, and what ran it (a
+        tfjs source has no TensorFlow reference: a stock tfjs runtime measures it once)."""
         inputs, _ = self.verify_data()
         digest = _write_verify(self.folder, inputs, list(reference))
-        meta = {**self.meta, "verify_outputs": len(reference), "verify_sha256": digest}
+        meta = {
+            **self.meta,
+            "verify_outputs": len(reference),
+            "verify_sha256": digest,
+            "reference_from": source,
+        }
         _write_json(self.folder / ENTRY_FILE, meta)
         return Entry(self.folder, meta, self.contents)
 

@@ -31,6 +31,7 @@ from bundler.models.artifacts import (
 )
 from bundler.models.cache import Cache, Entry
 from bundler.models.convert import Converted
+from bundler.models.sources import TFJS_GRAPH, TFJS_LAYERS
 from bundler.models.verify import Check, Metrics, Runtime, source_outputs, verify
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Loaded:
     entries: dict[str, Entry] = field(default_factory=dict)
     converted: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def load(config: Config, say: Progress) -> Loaded:
@@ -59,7 +61,29 @@ def load(config: Config, say: Progress) -> Loaded:
     conversions: dict[tuple[Any, ...], Converted] = {}
     for model in config.models:
         loaded.entries[model.name] = _entry(config, model, store, say, loaded, conversions)
+        loaded.warnings += _widened(model)
     return loaded
+
+
+def _widened(model: ModelConfig) -> list[str]:
+    """A tfjs source whose weights are stored quantized, shipped wider by quantize = "none"."""
+    if not model.quantize.is_none or model.input.kind not in (TFJS_GRAPH, TFJS_LAYERS):
+        return []
+    doc = json.loads(model.input.path.read_text(encoding="utf-8"))
+    dtypes = {
+        str(spec["quantization"].get("dtype"))
+        for group in doc.get("weightsManifest", [])
+        for spec in group.get("weights", [])
+        if isinstance(spec.get("quantization"), dict)
+    }
+    if not dtypes:
+        return []
+    stored = " and ".join(sorted(dtypes))
+    return [
+        f'model "{model.name}": its source stores {stored} weights, and quantize = "none" ships '
+        f'them as float32, several times the bytes; set quantize = "{max(dtypes)}" to keep '
+        "them as they are"
+    ]
 
 
 def fingerprint(config: Config, model: ModelConfig) -> str:
@@ -254,13 +278,16 @@ def _references(
     )
     outputs = source_outputs([_check(m, entries[m.name]) for m in todo], version, say)
     for m in todo:
-        entries[m.name] = entries[m.name].with_reference(outputs[m.name])
+        entries[m.name] = entries[m.name].with_reference(outputs[m.name], f"tfjs {version}")
 
 
 def _check(model: ModelConfig, entry: Entry) -> Check:
     inputs, reference = entry.verify_data()
     specs = input_specs(entry.doc)
     free = all(shape[:1] in ([None], [-1]) for _, shape, _ in specs)
+    # A reference from stock tfjs ran the rows as one batch: the bundle's runtime then runs a
+    # layers model in batches of one row only, and the two batch paths are still compared.
+    one_row = free and model.format == "layers" and "reference_from" in entry.meta
     return Check(
         name=model.name,
         model_json=entry.folder / MODEL_JSON,
@@ -268,7 +295,8 @@ def _check(model: ModelConfig, entry: Entry) -> Check:
         inputs=tuple(inputs),
         reference=tuple(reference) if reference else None,
         source_json=model.input.path if not reference else None,
-        other_batch=free and bool(inputs),
+        other_batch=free and bool(inputs) and not one_row,
+        one_row_batches=one_row,
         made_up=entry.meta["made_up_inputs"],
         chunk_rows=samples.chunk_rows(specs),
     )

@@ -60,6 +60,7 @@ class Check:
     other_batch: bool = False  # run again in batches of one row (the batch size is free)
     made_up: bool = True  # the inputs were made up from the model's shapes (not samples)
     chunk_rows: int = 0  # rows per predict call (0: all at once)
+    one_row_batches: bool = False  # a layers model predicts in batches of one row only
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,15 @@ def verify(
     rt = Runtime.stock(runtime) if isinstance(runtime, str) else runtime
     version = rt.version
     jobs = [
-        NodeJob(c.name, c.model_json, c.format, c.inputs, c.other_batch, c.chunk_rows)
+        NodeJob(
+            c.name,
+            c.model_json,
+            c.format,
+            c.inputs,
+            c.other_batch,
+            c.chunk_rows,
+            c.one_row_batches,
+        )
         for c in checks
     ]
     references = source_outputs([c for c in checks if c.reference is None], version, progress)

@@ -38,6 +38,7 @@ class NodeJob:
     inputs: tuple[tuple[str, NDArray[Any]], ...]  # (input name, float32 or int32 array)
     other_batch: bool = False  # run again in batches of one row (the batch size is free)
     chunk_rows: int = 0  # predict this many rows per call (0: all at once)
+    one_row_batches: bool = False  # a layers model predicts with batchSize 1 (the split path)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ def _write_job(jobs: Sequence[NodeJob], runtime: dict[str, str], work: Path) -> 
                 "other_batch": job.other_batch,
                 "other_batch_rows": OTHER_BATCH_ROWS,
                 "chunk_rows": job.chunk_rows,
+                "one_row_batches": job.one_row_batches,
             }
         )
     job_path = work / "job.json"

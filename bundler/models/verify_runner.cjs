@@ -159,7 +159,9 @@ function runLayers(tf, model, inputs, options) {
 }
 
 function runOnce(tf, model, job, inputs) {
-  return job.format === 'graph' ? runGraph(tf, model, inputs) : runLayers(tf, model, inputs);
+  if (job.format === 'graph') return runGraph(tf, model, inputs);
+  // One row per batch: the split-and-concat path, against a reference that ran one batch.
+  return runLayers(tf, model, inputs, job.one_row_batches ? { batchSize: 1 } : undefined);
 }
 
 // Many rows (the user's samples) run `chunk_rows` at a time, the outputs joined: memory stays
