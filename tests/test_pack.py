@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import brotli
@@ -159,3 +162,36 @@ def test_internal_attributes_leave_graph_nodes_and_functions() -> None:
 def test_a_layers_model_keeps_its_config_as_it_is() -> None:
     doc = {"format": "layers-model", "modelTopology": {"_weird": 1, "node": [{"attr": {"_a": 1}}]}}
     assert pack.without_internal_attrs(doc) == doc
+
+
+def test_a_quantized_tfjs_source_shipped_as_float32_is_warned_of(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tfjs source stored as uint8 and built with quantize = "none" grows fourfold."""
+    from bundler import build, manifest, starter
+
+    starter.write(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    text = (tmp_path / "bundle.toml").read_text()
+    (tmp_path / "bundle.toml").write_text(text.replace('quantize = "none"', 'quantize = "uint8"'))
+    config = manifest.load(tmp_path / "bundle.toml")
+    config = dataclasses.replace(
+        config, project=dataclasses.replace(config.project, verify=False, targets=("web",))
+    )
+    first = build.build(config)
+    (folder,) = (tmp_path / "dist" / "models" / "starter").iterdir()
+    shutil.copytree(folder, tmp_path / "models" / "u8")
+    source = tmp_path / "models" / "u8" / "model.json"
+    model = dataclasses.replace(
+        config.models[0],
+        quantize=manifest.Quantize("none"),
+        source=source,
+        input=dataclasses.replace(config.models[0].input, path=source),
+    )
+    again = build.build(dataclasses.replace(config, models=(model,)))
+    warning = (
+        'model "starter": its source stores uint8 weights, and quantize = "none" ships them as '
+        'float32, several times the bytes; set quantize = "uint8" to keep them as they are'
+    )
+    assert warning in again.report.warnings
+    assert warning not in first.report.warnings
