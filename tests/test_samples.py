@@ -301,3 +301,39 @@ def test_made_up_inputs_the_model_rejects_say_how_to_give_better_ones(
         '[project]\ntargets = ["tflite"]\n\n' + model + "input_shape = [2, 15]\n"
     )
     assert main(["build", "bundle.toml"]) == 0
+
+
+@pytest.fixture(scope="module")
+def with_flags(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SavedModel with a float input, a bool input and an int32 image-like input."""
+    import tensorflow as tf
+
+    class Flags(tf.Module):
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, 3], tf.float32, name="x"),
+                tf.TensorSpec([None, 3], tf.bool, name="flag"),
+                tf.TensorSpec([None, None, None, 1], tf.int32, name="pixels"),
+            ]
+        )
+        def __call__(self, x: Any, flag: Any, pixels: Any) -> Any:
+            brightness = tf.reduce_mean(tf.cast(pixels, tf.float32), axis=[1, 2]) / 255.0
+            return {"y": tf.where(flag, x, -x) * brightness}
+
+    module = Flags()
+    path = tmp_path_factory.mktemp("flags") / "saved_model"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
+    return path
+
+
+@pytest.mark.slow
+@needs_node
+def test_made_up_inputs_take_each_input_s_dtype(with_flags: Path, tmp_path: Path) -> None:
+    shutil.copytree(with_flags, tmp_path / "flags")
+    (tmp_path / "bundle.toml").write_text(
+        '[project]\ntargets = ["web"]\n\n[[models]]\nname = "flags"\nsource = "flags"\n'
+    )
+    result = build.build(manifest.load(tmp_path / "bundle.toml"))
+    (m,) = result.report.to_json()["models"]
+    assert m["max_abs_error"]["4.22.0"] < 1e-6
+    assert m["verified_on"] == {"inputs": "made up", "rows": 2}

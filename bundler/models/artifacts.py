@@ -153,7 +153,7 @@ def input_specs(doc: Mapping[str, Any]) -> list[tuple[str, list[int | None], str
     if doc.get("format") == "graph-model":
         for key, spec in (doc.get("signature") or {}).get("inputs", {}).items():
             dims = [int(d.get("size", -1)) for d in spec.get("tensorShape", {}).get("dim", [])]
-            dtype = "int32" if spec.get("dtype") in ("DT_INT32", "DT_INT64") else "float32"
+            dtype = _GRAPH_DTYPES.get(str(spec.get("dtype")), "float32")
             specs.append((str(spec.get("name", key)).split(":")[0], list(dims), dtype))
         if not specs:
             for node in topology.get("node", []):
@@ -176,5 +176,11 @@ def input_specs(doc: Mapping[str, Any]) -> list[tuple[str, list[int | None], str
     return specs
 
 
+# A graph model's input dtypes as tfjs feeds them (int64 becomes int32 in tfjs).
+_GRAPH_DTYPES = {"DT_INT32": "int32", "DT_INT64": "int32", "DT_BOOL": "bool"}
+
+
 def _dtype(value: Any) -> str:
+    if value == "bool":
+        return "bool"
     return "int32" if value in ("int32", "int64") else "float32"

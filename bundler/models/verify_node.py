@@ -67,9 +67,13 @@ def _input_array(array: NDArray[Any]) -> tuple[NDArray[Any], str]:
     arr = np.asarray(array)
     if np.issubdtype(arr.dtype, np.floating):
         return np.ascontiguousarray(arr, dtype="<f4"), "float32"
-    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+    if arr.dtype == np.bool_:
+        return np.ascontiguousarray(arr, dtype=np.uint8), "bool"
+    if np.issubdtype(arr.dtype, np.integer):
         return np.ascontiguousarray(arr, dtype="<i4"), "int32"
-    raise TypeError(f"cannot feed an array of dtype {arr.dtype} to tfjs; use float32 or int32")
+    raise TypeError(
+        f"cannot feed an array of dtype {arr.dtype} to tfjs; use float32, int32 or bool"
+    )
 
 
 def _write_job(jobs: Sequence[NodeJob], runtime: dict[str, str], work: Path) -> Path:

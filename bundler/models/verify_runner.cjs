@@ -38,6 +38,7 @@ function fail(message) {
 const DTYPES = {
   float32: Float32Array,
   int32: Int32Array,
+  bool: Uint8Array, // one byte per value, 0 or 1
 };
 
 // Error texts as thrown by tfjs 3.x and 4.x (tfjs-converter, tfjs-layers, tfjs-core).
