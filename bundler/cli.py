@@ -198,6 +198,16 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
                 "converted" if m.name in result.converted else "cached",
             )
         out.print(table)
+    for m in tfjs:
+        chosen = m.tfjs.auto if m.tfjs is not None else None
+        if chosen:
+            mix = ", ".join(f"{len(names)} {dtype}" for dtype, names in chosen["table"].items())
+            judged = chosen["judged_in_tensorflow"]
+            out.print(
+                f"{m.name}: quantize auto chose {mix} ({_size(chosen['weight_bytes'])}; in "
+                f"TensorFlow, top-1 {_top1([judged['top1_agreement']])}, max error "
+                f"{_error([judged['max_abs_error']])}); bundle-report.json lists the weights"
+            )
     exported = [r for r in report.target_reports.values() if isinstance(r, ExportReport)]
     if exported:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)

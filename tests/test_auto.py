@@ -219,3 +219,20 @@ def test_max_bytes_checks_a_fixed_quantize(
     )
     assert taken is not None, err
     assert int(taken.group(1).replace(",", "")) > 100
+
+
+@pytest.mark.slow
+@needs_node
+def test_the_terminal_says_what_auto_chose(
+    auto_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(auto_site, site)
+    monkeypatch.chdir(site)
+    assert main(["build", "bundle.toml"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((site / "dist" / "bundle-report.json").read_text())
+    for m in report["models"]:
+        chosen = m["quantize_auto"]
+        mix = ", ".join(f"{len(names)} {dtype}" for dtype, names in chosen["table"].items())
+        assert f"{m['name']}: quantize auto chose {mix} (" in out
