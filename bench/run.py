@@ -540,6 +540,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run only the TFLite benchmark (bench/tflite.py)",
     )
+    parser.add_argument(
+        "--auto-only",
+        action="store_true",
+        help='run only the quantize = "auto" benchmark (bench/auto.py)',
+    )
+    parser.add_argument(
+        "--large-only",
+        action="store_true",
+        help="run only the large-model benchmark (bench/large_model.py)",
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -552,6 +562,10 @@ def main(argv: list[str] | None = None) -> int:
         return runtime_bench(work)
     if args.tflite_only:
         return tflite_bench(args.repeat, work)
+    if args.auto_only:
+        return auto_bench(args.repeat, work)
+    if args.large_only:
+        return large_bench(args.repeat, work)
     models = work / "models"
     logs = work / "logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -632,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         wechat_bench(args.repeat, work),
         runtime_bench(work),
         tflite_bench(args.repeat, work),
+        auto_bench(args.repeat, work),
+        large_bench(args.repeat, work),
     )
 
 
@@ -672,6 +688,25 @@ def tflite_bench(repeat: int, work: Path) -> int:
     a `tflite` key to results.json."""
     sys.stdout.flush()
     cmd = [sys.executable, BENCH / "tflite.py", "--repeat", str(repeat), "--work", work]
+    return subprocess.run([str(c) for c in cmd], env=_env(), check=False).returncode
+
+
+def auto_bench(repeat: int, work: Path) -> int:
+    """bench/auto.py: `quantize = "auto"` (min_top1 = 0.99, 200 samples) on MobileNetV2 α0.35
+    against a plain uint8 build, as a time ratio, with the bytes and top-1 agreement of none,
+    uint8 and auto. Its own process; adds an `auto` key to results.json."""
+    sys.stdout.flush()
+    cmd = [sys.executable, BENCH / "auto.py", "--repeat", str(repeat), "--work", work]
+    return subprocess.run([str(c) for c in cmd], env=_env(), check=False).returncode
+
+
+def large_bench(repeat: int, work: Path) -> int:
+    """bench/large_model.py: a cold build of nsfwjs's 22 MB InceptionV3 LayersModel (nothing to
+    convert) against the same build by the bundler at a baseline revision (6cdf53c), as a time
+    ratio, with the no-op rebuild and where the time goes. Its own process; adds a
+    `large_model` key to results.json."""
+    sys.stdout.flush()
+    cmd = [sys.executable, BENCH / "large_model.py", "--repeat", str(repeat), "--work", work]
     return subprocess.run([str(c) for c in cmd], env=_env(), check=False).returncode
 
 
