@@ -278,21 +278,9 @@ def bench(repeat: int, work: Path) -> int:
             run.say("  WARNING: bundler/ changed during this repetition (edited by someone else?)")
         run._strip_output(rec)
         runs.append(rec)
-    digest_after = run.source_digest()
 
     results = summarize(none, runs, samples, stamp)
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-        "bench_seconds": round(time.time() - started, 1),
-    }
-    results["versions"] = run.versions()
-    results["bundler_source"] = {
-        "before": digest_before,
-        "after": digest_after,
-        "changed_during_run": digest_before != digest_after,
-    }
+    results.update(run.run_facts(started, load_before, digest_before))
     print_table(results)
     path = run.merge_results(work, "auto", results)
     print(f"\nwrote the auto key of {path}; logs in {logs}")
@@ -459,17 +447,7 @@ def print_table(results: dict[str, Any]) -> None:
         mark = "report" if g["met"] is None else ("met" if g["met"] else "MISSED")
         note = f"  ({g['note']})" if g.get("note") else ""
         print(f"  [{mark:^6}] {g['goal']}: {g['value']:.3f}{g['unit']}{note}")
-    if results["bundler_source"]["changed_during_run"]:
-        print(
-            "\nWARNING: the bundler's source changed during this run (someone edited bundler/); "
-            "the runs mix versions: run the bench again"
-        )
-    load = results["machine"]["loadavg_before"]
-    if load[0] > (os.cpu_count() or 1) * 0.75:
-        print(
-            f"\nnote: load average {load[0]:.1f} before the run on {os.cpu_count()} CPUs: other "
-            "work shared the machine, absolute times are inflated (ratios less so)"
-        )
+    run.print_run_notes(results)
 
 
 def main(argv: list[str] | None = None) -> int:

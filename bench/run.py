@@ -899,11 +899,35 @@ def print_table(results: dict[str, Any]) -> None:
         mark = "report" if g["met"] is None else ("met" if g["met"] else "MISSED")
         note = f"  ({g['note']})" if g.get("note") else ""
         print(f"  [{mark:^6}] {g['goal']}: {g['value']:.3f}x{note}")
+    print_run_notes(results, "run `make bench` again")
+
+
+def run_facts(started: float, load_before: Any, digest_before: str) -> dict[str, Any]:
+    """The machine, the tool versions and whether bundler/ changed: results' shared keys."""
+    digest_after = source_digest()
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "bench_seconds": round(time.time() - started, 1),
+        },
+        "versions": versions(),
+        "bundler_source": {
+            "before": digest_before,
+            "after": digest_after,
+            "changed_during_run": digest_before != digest_after,
+        },
+    }
+
+
+def print_run_notes(results: dict[str, Any], again: str = "run it again") -> None:
+    """Say when bundler/ changed during the run, or the machine was busy when it began."""
     source = results.get("bundler_source", {})
     if source.get("changed_during_run"):
         print(
             "\nWARNING: the bundler's source changed during this run (someone edited bundler/); "
-            "the runs mix versions: run `make bench` again"
+            f"the runs mix versions: {again}"
         )
     load = results.get("machine", {}).get("loadavg_before")
     if load and load[0] > (os.cpu_count() or 1) * 0.75:
