@@ -18,7 +18,7 @@ from typing import Any
 
 from bundler import emit, runtimes, targets
 from bundler.manifest import Config
-from bundler.models import exports, stage
+from bundler.models import cache, exports, stage
 from bundler.models.artifacts import ModelArtifacts
 from bundler.models.verify import Runtime as VerifyRuntime
 from bundler.report import REPORT_FILE, ModelReport, Report, model_folder
@@ -60,6 +60,8 @@ def build(config: Config, progress: Progress | None = None) -> Result:
 
     chosen = targets.of(config)
     loaded = stage.load(config, say) if targets.ships_tfjs(config) else stage.Loaded()
+    if loaded.store is None:
+        loaded.store = cache.open_cache(config)
     exported = exports.load(config, chosen, say, loaded)
     requests = {t.name: r for t in chosen if (r := t.runtime_request(config)) is not None}
     npm = [tfjs_build.tools(r.version) for r in requests.values()]
@@ -97,6 +99,7 @@ def build(config: Config, progress: Progress | None = None) -> Result:
             for m in config.models
         ),
         warnings=(
+            *([loaded.store.unavailable] if loaded.store.unavailable else []),
             *loaded.warnings,
             *warnings,
             *config.warnings(),

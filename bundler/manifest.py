@@ -14,7 +14,7 @@ from typing import Any
 
 from bundler import limits
 from bundler.errors import ManifestError
-from bundler.models import sources
+from bundler.models import remote, sources
 from bundler.targets import NAMES as TARGETS
 
 # Without `targets`, a build makes what the tool was first made for: the mini-program and the
@@ -22,6 +22,8 @@ from bundler.targets import NAMES as TARGETS
 DEFAULT_TARGETS = ("wechat", "web")
 
 DEFAULT_MANIFEST = "bundle.toml"
+# Overrides [project] cache_dir (a folder, or an s3:// URL): for CI.
+CACHE_VARIABLE = "BUNDLER_CACHE"
 
 FORMATS = ("graph", "layers")
 QUANTIZE_DTYPES = ("float16", "uint16", "uint8")
@@ -114,6 +116,8 @@ class ProjectConfig:
     verify: bool
     brotli_quality: int
     shard_bytes: int | None
+    # A shared build cache (s3://bucket/prefix) behind cache_dir; BUNDLER_CACHE overrides.
+    remote_cache: str | None = None
 
 
 @dataclass(frozen=True)
@@ -397,7 +401,22 @@ class _Validator:
         )
         name = self.get(data, "name", w, str, self.root.name or "bundle")
         out = self.get(data, "out", w, str, "dist", _relative_folder)
-        cache_dir = self.get(data, "cache_dir", w, str, ".bundler-cache", _relative_folder)
+        cache_raw = os.environ.get(CACHE_VARIABLE) or self.get(data, "cache_dir", w, str, None)
+        remote_cache = None
+        if cache_raw is not None and cache_raw.startswith("s3://"):
+            remote_cache = cache_raw
+            if remote.parse(cache_raw) is None:
+                where = CACHE_VARIABLE if os.environ.get(CACHE_VARIABLE) else f"{w}.cache_dir"
+                self.problem(
+                    where,
+                    f"{_show(cache_raw)} is not a shared cache URL; expected "
+                    '"s3://<bucket>/<prefix>" or a folder',
+                )
+            cache_raw = None
+        elif cache_raw is not None and (problem := _relative_folder(cache_raw)) is not None:
+            self.problem(f"{w}.cache_dir", problem)
+            cache_raw = None
+        cache_dir = cache_raw or ".bundler-cache"
         targets_raw = self.get(data, "targets", w, list, list(DEFAULT_TARGETS))
         targets: list[str] = []
         for i, t in enumerate(targets_raw):
@@ -424,6 +443,7 @@ class _Validator:
                 data, "brotli_quality", w, int, limits.DEFAULT_SHARD_BROTLI_QUALITY, _brotli_quality
             ),
             shard_bytes=self.get(data, "shard_bytes", w, int, None, _shard_bytes),
+            remote_cache=remote_cache,
         )
 
     def wechat(self, data: Mapping[str, Any], targets: tuple[str, ...]) -> WechatConfig:

@@ -26,6 +26,7 @@ from bundler import __version__
 from bundler.manifest import ModelConfig
 from bundler.models import sources
 from bundler.models.artifacts import MODEL_JSON, content_hash
+from bundler.models.remote import RemoteCache, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,15 @@ class Entry:
 
 
 class Cache:
-    """The cache folder: `<cache_dir>/models/<fingerprint>/`."""
+    """The cache folder: `<cache_dir>/models/<fingerprint>/`, and the shared store behind it
+    (models/remote.py) when the manifest names one: a local miss is fetched from it, and a new
+    entry published to it. A store that cannot be reached is left alone for the rest of the
+    build; `unavailable` then says why, and the build goes on converting here."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, shared: RemoteCache | None = None) -> None:
         self.root = root
+        self.shared = shared
+        self.unavailable: str | None = None
 
     def folder(self, key: str) -> Path:
         """Where the entry for a fingerprint lives."""
@@ -187,6 +193,8 @@ class Cache:
     def get(self, key: str) -> Entry | None:
         """The entry for a fingerprint, or None if absent or damaged (then it is removed)."""
         folder = self.folder(key)
+        if not folder.is_dir():
+            self._pull(key)
         if not folder.is_dir():
             return None
         try:
@@ -233,7 +241,57 @@ class Cache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if self._reachable():
+            assert self.shared is not None
+            try:
+                self.shared.publish(key, final)
+            except Unavailable as err:
+                self._lost(err)
         return Entry(final, full, dict(files))
+
+    def share(self, entry: Entry) -> None:
+        """Publish an entry again after it changed here (verification results, a reference)."""
+        if self._reachable():
+            assert self.shared is not None
+            try:
+                self.shared.publish(entry.folder.name, entry.folder)
+            except Unavailable as err:
+                self._lost(err)
+
+    def _pull(self, key: str) -> None:
+        """Fetch entry `key` from the shared store into its place, whole or not at all."""
+        if not self._reachable():
+            return
+        assert self.shared is not None
+        final = self.folder(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=final.parent))
+        try:
+            if self.shared.fetch(key, tmp):
+                os.replace(tmp, final)
+        except Unavailable as err:
+            self._lost(err)
+        except OSError:
+            pass  # another build put it in place first
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _reachable(self) -> bool:
+        return self.shared is not None and self.unavailable is None
+
+    def _lost(self, err: Unavailable) -> None:
+        assert self.shared is not None
+        self.unavailable = (
+            f"the shared cache {self.shared.url} could not be used ({err}); this build "
+            f"converted here, and keeps what it made in {self.root}"
+        )
+        log.warning("%s", self.unavailable)
+
+
+def open_cache(config: Any) -> Cache:
+    """The build's cache: `cache_dir`, with the shared store behind it when one is named."""
+    url = config.project.remote_cache
+    return Cache(config.project.cache_dir, RemoteCache(url) if url else None)
 
 
 def _write_verify(

@@ -85,7 +85,7 @@ def load(
     (each conversion keeps one core busy, and TensorFlow's converters hold Python's lock, so
     threads would not help); one model alone runs in this process.
     """
-    store = Cache(config.project.cache_dir)
+    store = done.store or cache.open_cache(config)
     entries: dict[tuple[str, str], Entry] = {}
     todo: list[_Job] = []
     for target in chosen:
@@ -121,6 +121,7 @@ class Done(Protocol):
 
     converted: list[str]
     reused: list[str]
+    store: Cache | None
 
 
 @dataclass(frozen=True)

@@ -50,12 +50,13 @@ class Loaded:
     converted: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    store: Cache | None = None  # the cache the models came through
 
 
 def load(config: Config, say: Progress) -> Loaded:
     """Every model's cache entry, converting those whose fingerprint is new."""
-    store = Cache(config.project.cache_dir)
-    loaded = Loaded()
+    store = cache.open_cache(config)
+    loaded = Loaded(store=store)
     # One conversion serves every model of this build with the same source and format:
     # quantization and sharding come after it.
     conversions: dict[tuple[Any, ...], Converted] = {}
@@ -237,6 +238,9 @@ def verify_all(
     for (rt, todo, _), errors in zip(jobs, outcomes, strict=True):
         for m in todo:
             entries[m.name] = entries[m.name].with_errors({rt.id: errors[m.name].to_json()})
+    if loaded.store is not None:  # the results travel with the entry to other machines
+        for name in dict.fromkeys(m.name for _, todo, _ in jobs for m in todo):
+            loaded.store.share(entries[name])
     missed = []
     for m in checked:
         for rt in runtimes:

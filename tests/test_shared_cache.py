@@ -1,0 +1,159 @@
+"""The shared build cache, against a real S3-compatible server: moto's server mode, started
+here on 127.0.0.1 (a separate process speaking HTTP, not an in-process mock)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import needs_node
+
+from bundler import build, manifest, starter
+from bundler.errors import ManifestError
+
+BUCKET = "team-cache"
+URL = f"s3://{BUCKET}/bundler"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """moto_server on 127.0.0.1; yields its endpoint URL."""
+    port = _free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("moto_server did not start")
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def aws(server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The standard AWS settings pointing at the server, and an empty bucket."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    s3 = boto3.client("s3")
+    existing = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
+    if BUCKET in existing:
+        for obj in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+            s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    else:
+        s3.create_bucket(Bucket=BUCKET)
+    return server
+
+
+def checkout(root: Path) -> Path:
+    """A clean checkout: the manifest and its model, no cache, no bundle."""
+    starter.write(root)
+    text = (
+        (root / "bundle.toml")
+        .read_text()
+        .replace('targets = ["wechat", "web"]', 'targets = ["web"]')
+    )
+    text = text.replace('out = "dist"', f'out = "dist"\ncache_dir = "{URL}"', 1)
+    text = text.replace(f'name = "{root.name}"', 'name = "team-app"', 1)
+    (root / "bundle.toml").write_text(text)
+    return root
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@needs_node
+def test_a_second_checkout_converts_and_verifies_nothing(aws: str, tmp_path: Path) -> None:
+    first = build.build(manifest.load(checkout(tmp_path / "a") / "bundle.toml"))
+    assert first.converted == ["starter"]
+    said: list[str] = []
+    second = build.build(manifest.load(checkout(tmp_path / "b") / "bundle.toml"), said.append)
+    assert second.converted == [] and second.reused == ["starter"]
+    assert not [line for line in said if line.startswith(("verifying", "running the source"))]
+    assert tree(tmp_path / "b" / "dist") == tree(tmp_path / "a" / "dist")
+    assert (tmp_path / "b" / ".bundler-cache" / "models").is_dir(), "a hit downloads once"
+
+
+@needs_node
+def test_a_damaged_object_is_converted_again(aws: str, tmp_path: Path) -> None:
+    import boto3
+
+    build.build(manifest.load(checkout(tmp_path / "a") / "bundle.toml"))
+    s3 = boto3.client("s3")
+    blobs = [
+        o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"] if "/blobs/" in o["Key"]
+    ]
+    for key in blobs:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"damaged")
+    again = build.build(manifest.load(checkout(tmp_path / "b") / "bundle.toml"))
+    assert again.converted == ["starter"]
+    assert tree(tmp_path / "b" / "dist") == tree(tmp_path / "a" / "dist")
+    # The store healed: a third checkout reuses what the second published.
+    third = build.build(manifest.load(checkout(tmp_path / "c") / "bundle.toml"))
+    assert third.converted == []
+
+
+@needs_node
+def test_an_unreachable_store_is_said_once_and_the_build_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    result = build.build(manifest.load(checkout(tmp_path / "a") / "bundle.toml"))
+    assert result.converted == ["starter"]
+    said = [w for w in result.report.warnings if "shared cache" in w]
+    assert len(said) == 1
+    assert said[0].startswith(f"the shared cache {URL} could not be used (")
+    assert said[0].endswith(
+        f"this build converted here, and keeps what it made in {tmp_path / 'a' / '.bundler-cache'}"
+    )
+
+
+def test_the_cache_url_and_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = checkout(tmp_path / "a")
+    config = manifest.load(root / "bundle.toml")
+    assert config.project.remote_cache == URL
+    assert config.project.cache_dir == root / ".bundler-cache"
+    monkeypatch.setenv("BUNDLER_CACHE", "s3://Bad_Bucket")
+    with pytest.raises(ManifestError) as info:
+        manifest.load(root / "bundle.toml")
+    assert info.value.problems == (
+        'BUNDLER_CACHE: "s3://Bad_Bucket" is not a shared cache URL; expected '
+        '"s3://<bucket>/<prefix>" or a folder',
+    )
+    monkeypatch.setenv("BUNDLER_CACHE", "ci-cache")
+    config = manifest.load(root / "bundle.toml")
+    assert config.project.remote_cache is None
+    assert config.project.cache_dir == root / "ci-cache"
+    shutil.rmtree(root)
