@@ -98,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _manifest_argument(build)
     build.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    build.add_argument(
+        "--require-cache",
+        action="store_true",
+        help="fail when the shared cache (an s3:// cache_dir) cannot be used, instead of "
+        "converting here",
+    )
     init = sub.add_parser(
         "init",
         parents=[common],
@@ -142,6 +148,8 @@ def _build(args: argparse.Namespace, err: Console) -> int:
     from bundler import build, manifest
 
     config = manifest.load(args.manifest)
+    if args.require_cache:
+        config = manifest.requiring_cache(config)
     started = time.perf_counter()
 
     with err.status("building", spinner="dots") as status:

@@ -118,6 +118,7 @@ class ProjectConfig:
     shard_bytes: int | None
     # A shared build cache (s3://bucket/prefix) behind cache_dir; BUNDLER_CACHE overrides.
     remote_cache: str | None = None
+    require_cache: bool = False  # `build --require-cache`: an unusable shared cache is an error
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,17 @@ def load(path: Path | str | None = None) -> Config:
         raise ManifestError(f"{shown} has {count} {noun}:", problems=tuple(v.problems))
     assert config is not None
     return config
+
+
+def requiring_cache(config: Config) -> Config:
+    """`config` for `build --require-cache`; ManifestError when it names no shared cache."""
+    if config.project.remote_cache is None:
+        raise ManifestError(
+            f"{display_path(config.path)}: --require-cache needs a shared cache: set "
+            f'cache_dir = "s3://<bucket>/<prefix>" in [project], or {CACHE_VARIABLE}'
+        )
+    project = dataclasses.replace(config.project, require_cache=True)
+    return dataclasses.replace(config, project=project)
 
 
 def named_sources(path: Path) -> tuple[Path, ...]:

@@ -81,7 +81,7 @@ def checkout(root: Path) -> Path:
         .read_text()
         .replace('targets = ["wechat", "web"]', 'targets = ["web"]')
     )
-    text = text.replace('out = "dist"', f'out = "dist"\ncache_dir = "{URL}"', 1)
+    text = text.replace("[project]\n", f'[project]\ncache_dir = "{URL}"\n', 1)
     text = text.replace(f'name = "{root.name}"', 'name = "team-app"', 1)
     (root / "bundle.toml").write_text(text)
     return root
@@ -157,3 +157,32 @@ def test_the_cache_url_and_its_variable(tmp_path: Path, monkeypatch: pytest.Monk
     assert config.project.remote_cache is None
     assert config.project.cache_dir == root / "ci-cache"
     shutil.rmtree(root)
+
+
+def test_require_cache_makes_an_unusable_store_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bundler.cli import main
+
+    port = _free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    root = checkout(tmp_path / "a")
+    monkeypatch.chdir(root)
+    assert main(["build", "--require-cache", "bundle.toml"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: the shared cache {URL} could not be used (")
+    assert err[-1].endswith(
+        "and --require-cache forbids converting here; check AWS_ENDPOINT_URL and the "
+        "credentials, or build without --require-cache"
+    )
+    assert not (root / "dist").exists()
+    text = (root / "bundle.toml").read_text().replace(f'cache_dir = "{URL}"\n', "")
+    (root / "bundle.toml").write_text(text)
+    assert main(["build", "--require-cache", "bundle.toml"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: bundle.toml: --require-cache needs a shared cache: set cache_dir = "
+        '"s3://<bucket>/<prefix>" in [project], or BUNDLER_CACHE'
+    )

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bundler import __version__
+from bundler.errors import ToolError
 from bundler.manifest import ModelConfig
 from bundler.models import sources
 from bundler.models.artifacts import MODEL_JSON, content_hash
@@ -181,9 +182,12 @@ class Cache:
     entry published to it. A store that cannot be reached is left alone for the rest of the
     build; `unavailable` then says why, and the build goes on converting here."""
 
-    def __init__(self, root: Path, shared: RemoteCache | None = None) -> None:
+    def __init__(
+        self, root: Path, shared: RemoteCache | None = None, required: bool = False
+    ) -> None:
         self.root = root
         self.shared = shared
+        self.required = required  # an unusable store is an error, not a warning
         self.unavailable: str | None = None
 
     def folder(self, key: str) -> Path:
@@ -281,6 +285,12 @@ class Cache:
 
     def _lost(self, err: Unavailable) -> None:
         assert self.shared is not None
+        if self.required:
+            raise ToolError(
+                f"the shared cache {self.shared.url} could not be used ({err}), and "
+                "--require-cache forbids converting here; check AWS_ENDPOINT_URL and the "
+                "credentials, or build without --require-cache"
+            )
         self.unavailable = (
             f"the shared cache {self.shared.url} could not be used ({err}); this build "
             f"converted here, and keeps what it made in {self.root}"
@@ -291,7 +301,8 @@ class Cache:
 def open_cache(config: Any) -> Cache:
     """The build's cache: `cache_dir`, with the shared store behind it when one is named."""
     url = config.project.remote_cache
-    return Cache(config.project.cache_dir, RemoteCache(url) if url else None)
+    shared = RemoteCache(url) if url else None
+    return Cache(config.project.cache_dir, shared, config.project.require_cache)
 
 
 def _write_verify(
