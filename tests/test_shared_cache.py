@@ -186,3 +186,70 @@ def test_require_cache_makes_an_unusable_store_an_error(
         "error: bundle.toml: --require-cache needs a shared cache: set cache_dir = "
         '"s3://<bucket>/<prefix>" in [project], or BUNDLER_CACHE'
     )
+
+
+def _moto(port: int) -> subprocess.Popen[bytes]:
+    moto = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.terminate()
+    pytest.fail("moto_server did not start")
+
+
+@needs_node
+def test_the_server_stopped_mid_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    port = _free_port()
+    proc = _moto(port)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+
+        def stop_on_converting(line: str) -> None:
+            if line.startswith("converting") and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+
+        config = manifest.load(checkout(tmp_path / "a") / "bundle.toml")
+        result = build.build(config, stop_on_converting)
+    finally:
+        proc.terminate()
+    assert result.converted == ["starter"] and result.written
+    assert [w for w in result.report.warnings if w.startswith("the shared cache ")]
+
+
+@needs_node
+def test_two_builds_at_once_share_one_entry(aws: str, tmp_path: Path) -> None:
+    import boto3
+
+    roots = [checkout(tmp_path / name) for name in ("a", "b")]
+    bundler = Path(sys.executable).with_name("bundler")
+    procs = [
+        subprocess.Popen(
+            [str(bundler), "build", "--json", str(root / "bundle.toml")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for root in roots
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+    assert tree(roots[0] / "dist") == tree(roots[1] / "dist")
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert len([k for k in keys if "/entries/" in k]) == 1
+    third = build.build(manifest.load(checkout(tmp_path / "c") / "bundle.toml"))
+    assert third.converted == []
