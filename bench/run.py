@@ -546,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
         help='run only the quantize = "auto" benchmark (bench/auto.py)',
     )
     parser.add_argument(
+        "--shared-cache-only",
+        action="store_true",
+        help="run only the shared cache benchmark (bench/shared_cache.py)",
+    )
+    parser.add_argument(
         "--large-only",
         action="store_true",
         help="run only the large-model benchmark (bench/large_model.py)",
@@ -564,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
         return tflite_bench(args.repeat, work)
     if args.auto_only:
         return auto_bench(args.repeat, work)
+    if args.shared_cache_only:
+        return shared_cache_bench(args.repeat, work)
     if args.large_only:
         return large_bench(args.repeat, work)
     models = work / "models"
@@ -647,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime_bench(work),
         tflite_bench(args.repeat, work),
         auto_bench(args.repeat, work),
+        shared_cache_bench(args.repeat, work),
         large_bench(args.repeat, work),
     )
 
@@ -697,6 +705,16 @@ def auto_bench(repeat: int, work: Path) -> int:
     uint8 and auto. Its own process; adds an `auto` key to results.json."""
     sys.stdout.flush()
     cmd = [sys.executable, BENCH / "auto.py", "--repeat", str(repeat), "--work", work]
+    return subprocess.run([str(c) for c in cmd], env=_env(), check=False).returncode
+
+
+def shared_cache_bench(repeat: int, work: Path) -> int:
+    """bench/shared_cache.py: the eight models built in a second clean checkout against a
+    warm shared cache (moto's S3 server on 127.0.0.1) as a ratio to the first checkout's cold
+    build, with the two outputs compared byte for byte. Its own process; adds a `shared_cache`
+    key to results.json."""
+    sys.stdout.flush()
+    cmd = [sys.executable, BENCH / "shared_cache.py", "--repeat", str(repeat), "--work", work]
     return subprocess.run([str(c) for c in cmd], env=_env(), check=False).returncode
 
 
