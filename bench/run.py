@@ -73,6 +73,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -918,6 +919,21 @@ def print_table(results: dict[str, Any]) -> None:
         note = f"  ({g['note']})" if g.get("note") else ""
         print(f"  [{mark:^6}] {g['goal']}: {g['value']:.3f}x{note}")
     print_run_notes(results, "run `make bench` again")
+
+
+def bench_main(
+    bench: Callable[[int, Path], int], doc: str | None, argv: list[str] | None, epilog: str = ""
+) -> int:
+    """The command line every side bench takes: --repeat N and --work DIR."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0], epilog=epilog)
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument(
+        "--work", type=Path, default=BENCH / "work", help="work folder (default bench/work)"
+    )
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return bench(args.repeat, args.work.resolve())
 
 
 def run_facts(started: float, load_before: Any, digest_before: str) -> dict[str, Any]:

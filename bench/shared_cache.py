@@ -36,7 +36,6 @@ Usage: .venv/bin/python bench/shared_cache.py [--repeat N] [--work bench/work]
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -452,15 +451,7 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
-    parser.add_argument(
-        "--work", type=Path, default=run.BENCH / "work", help="work folder (default bench/work)"
-    )
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return bench(args.repeat, args.work.resolve())
+    return run.bench_main(bench, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -467,19 +467,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["convert-one"]:
         return convert_one_main(argv[1:])
-    parser = argparse.ArgumentParser(
-        description=(__doc__ or "").splitlines()[0],
-        epilog="`tflite.py convert-one --help`: the baseline's one converter call.",
-    )
-    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
-    here = Path(__file__).resolve().parent
-    parser.add_argument(
-        "--work", type=Path, default=here / "work", help="work folder (default bench/work)"
-    )
-    args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
-    return bench(args.repeat, args.work.resolve())
+    import run
+
+    epilog = "`tflite.py convert-one --help`: the baseline's one converter call."
+    return run.bench_main(bench, __doc__, argv, epilog)
 
 
 if __name__ == "__main__":

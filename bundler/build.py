@@ -59,9 +59,8 @@ def build(config: Config, progress: Progress | None = None) -> Result:
     say = progress or (lambda text: log.info("%s", text))
 
     chosen = targets.of(config)
-    loaded = stage.load(config, say) if targets.ships_tfjs(config) else stage.Loaded()
-    if loaded.store is None:
-        loaded.store = cache.open_cache(config)
+    store = cache.open_cache(config)
+    loaded = stage.load(config, say, store) if targets.ships_tfjs(config) else stage.Loaded(store)
     exported = exports.load(config, chosen, say, loaded)
     requests = {t.name: r for t in chosen if (r := t.runtime_request(config)) is not None}
     npm = [tfjs_build.tools(r.version) for r in requests.values()]
@@ -99,7 +98,7 @@ def build(config: Config, progress: Progress | None = None) -> Result:
             for m in config.models
         ),
         warnings=(
-            *([loaded.store.unavailable] if loaded.store.unavailable else []),
+            *([store.unavailable] if store.unavailable else []),
             *loaded.warnings,
             *warnings,
             *config.warnings(),

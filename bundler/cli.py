@@ -173,6 +173,13 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
     from bundler.targets.wechat.target import WechatReport
 
     report = result.report
+    exported = [r for r in report.target_reports.values() if isinstance(r, ExportReport)]
+    kinds = {part.kind for part in exported}
+
+    def tfjs_versions(errors: Mapping[str, Any]) -> list[str]:
+        """The runtimes in a model's figures that are tfjs versions, not export targets."""
+        return [key for key in errors if key not in kinds]
+
     tfjs = [m for m in report.models if m.tfjs is not None]
     if tfjs:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
@@ -201,8 +208,8 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
                 _size(m.tfjs.weight_bytes),
                 _size(m.tfjs.brotli_bytes),
                 str(m.tfjs.shards),
-                _error(m.max_abs_error.get(v) for v in _tfjs_versions(m.max_abs_error)),
-                _top1(m.top1_agreement.get(v) for v in _tfjs_versions(m.max_abs_error)),
+                _error(m.max_abs_error.get(v) for v in tfjs_versions(m.max_abs_error)),
+                _top1(m.top1_agreement.get(v) for v in tfjs_versions(m.max_abs_error)),
                 "converted" if m.name in result.converted else "cached",
             )
         out.print(table)
@@ -216,7 +223,6 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
                 f"TensorFlow, top-1 {_top1([judged['top1_agreement']])}, max error "
                 f"{_error([judged['max_abs_error']])}); bundle-report.json lists the weights"
             )
-    exported = [r for r in report.target_reports.values() if isinstance(r, ExportReport)]
     if exported:
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for column in ("model", "target", "bytes", "ops", "weights", "max error", "top-1", ""):
@@ -270,7 +276,7 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
             f"tfjs runtime for {target}: {_size(rt['bytes'])}, tfjs {rt['tfjs_version']}, "
             f"{len(rt['kernels'])} kernels (bundle-report.json lists them)"
         )
-    versions = sorted({v for m in report.models for v in _tfjs_versions(m.max_abs_error)})
+    versions = sorted({v for m in report.models for v in tfjs_versions(m.max_abs_error)})
     runtimes = [f"tfjs {', '.join(versions)}"] if versions else []
     runtimes += [f"{p.kind} ({p.models[report.models[0].name]['runtime']})" for p in exported]
     if runtimes and report.models:
@@ -495,11 +501,6 @@ def _stdout() -> Console:
     if not console.is_terminal:
         console = Console(highlight=False, soft_wrap=True, width=120)
     return console
-
-
-def _tfjs_versions(errors: Mapping[str, Any]) -> list[str]:
-    """The tfjs versions among a model's max_abs_error keys (the rest are export targets)."""
-    return [key for key in errors if key[:1].isdigit()]
 
 
 def _error(errors: Iterable[float | None]) -> str:

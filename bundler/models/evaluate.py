@@ -84,7 +84,7 @@ def _layers(doc: Mapping[str, Any]) -> Runner:
     for layer in model.layers:
         for w in layer.weights:
             names.append(keras_h5_conversion.normalize_weight_name(w.name))
-    order = [n for n in (getattr(model, "input_names", None) or [])]
+    order = list(getattr(model, "input_names", None) or [])
 
     def run(weights: Mapping[str, Array], part: Sequence[tuple[str, Array]]) -> list[Array]:
         model.set_weights([_weight(weights, name) for name in names])

@@ -78,14 +78,14 @@ class Export:
 def load(
     config: Config, chosen: Sequence[Target], say: Progress, done: Done
 ) -> dict[str, dict[str, Export]]:
-    """Every export target's files for every model (target → model name → Export); the
-    names of the models exported and reused go to `done`'s lists.
+    """Every export target's files for every model (target → model name → Export), through
+    `done.store`; the names of the models exported and reused go to `done`'s lists.
 
     The models to export run in worker processes, as many at once as the machine has cores
     (each conversion keeps one core busy, and TensorFlow's converters hold Python's lock, so
     threads would not help); one model alone runs in this process.
     """
-    store = done.store or cache.open_cache(config)
+    store = done.store
     entries: dict[tuple[str, str], Entry] = {}
     todo: list[_Job] = []
     for target in chosen:
@@ -117,11 +117,11 @@ def load(
 
 
 class Done(Protocol):
-    """Where the build lists the models it converted and those it reused."""
+    """The build's cache, and where it lists the models it converted and those it reused."""
 
     converted: list[str]
     reused: list[str]
-    store: Cache | None
+    store: Cache
 
 
 @dataclass(frozen=True)

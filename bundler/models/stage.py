@@ -46,45 +46,52 @@ FLOAT_TOLERANCE = 1e-3
 class Loaded:
     """The models of one build, each with its cache entry, and what it took to get them."""
 
+    store: Cache  # the cache the models come through (and the export targets' files)
     entries: dict[str, Entry] = field(default_factory=dict)
     converted: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    store: Cache | None = None  # the cache the models came through
 
 
-def load(config: Config, say: Progress) -> Loaded:
+def load(config: Config, say: Progress, store: Cache | None = None) -> Loaded:
     """Every model's cache entry, converting those whose fingerprint is new."""
-    store = cache.open_cache(config)
-    loaded = Loaded(store=store)
+    store = store or cache.open_cache(config)
+    loaded = Loaded(store)
     # One conversion serves every model of this build with the same source and format:
     # quantization and sharding come after it.
     conversions: dict[tuple[Any, ...], Converted] = {}
     for model in config.models:
         loaded.entries[model.name] = _entry(config, model, store, say, loaded, conversions)
-        loaded.warnings += _widened(model)
+        loaded.warnings += _widened(model, loaded.entries[model.name])
     return loaded
 
 
-def _widened(model: ModelConfig) -> list[str]:
+def _widened(model: ModelConfig, entry: Entry) -> list[str]:
     """A tfjs source whose weights are stored quantized, shipped wider by quantize = "none"."""
-    if not model.quantize.is_none or model.input.kind not in (TFJS_GRAPH, TFJS_LAYERS):
+    dtypes = entry.meta.get("source_dtypes") or []
+    if not model.quantize.is_none or not dtypes:
         return []
-    doc = json.loads(model.input.path.read_text(encoding="utf-8"))
-    dtypes = {
-        str(spec["quantization"].get("dtype"))
-        for group in doc.get("weightsManifest", [])
-        for spec in group.get("weights", [])
-        if isinstance(spec.get("quantization"), dict)
-    }
-    if not dtypes:
-        return []
-    stored = " and ".join(sorted(dtypes))
+    stored = " and ".join(dtypes)
+    keep = f'quantize = "{stored}"' if len(dtypes) == 1 else "a quantize table of those dtypes"
     return [
         f'model "{model.name}": its source stores {stored} weights, and quantize = "none" ships '
-        f'them as float32, several times the bytes; set quantize = "{max(dtypes)}" to keep '
-        "them as they are"
+        f"them as float32, several times the bytes; set {keep} to keep them as they are"
     ]
+
+
+def _stored_dtypes(model: ModelConfig) -> list[str]:
+    """The quantization dtypes a tfjs source's weights are stored in (read once, converting)."""
+    if model.input.kind not in (TFJS_GRAPH, TFJS_LAYERS):
+        return []
+    doc = json.loads(model.input.path.read_text(encoding="utf-8"))
+    return sorted(
+        {
+            str(spec["quantization"].get("dtype"))
+            for group in doc.get("weightsManifest", [])
+            for spec in group.get("weights", [])
+            if isinstance(spec.get("quantization"), dict)
+        }
+    )
 
 
 def fingerprint(config: Config, model: ModelConfig) -> str:
@@ -138,6 +145,7 @@ def _entry(
         "source_bytes": cache.source_bytes(model),
         "errors": {},
         "made_up_inputs": converted.inputs.made_up,
+        "source_dtypes": _stored_dtypes(model),
     }
     if chosen is not None:
         table: dict[str, list[str]] = {}
@@ -238,9 +246,9 @@ def verify_all(
     for (rt, todo, _), errors in zip(jobs, outcomes, strict=True):
         for m in todo:
             entries[m.name] = entries[m.name].with_errors({rt.id: errors[m.name].to_json()})
-    if loaded.store is not None:  # the results travel with the entry to other machines
-        for name in dict.fromkeys(m.name for _, todo, _ in jobs for m in todo):
-            loaded.store.share(entries[name])
+    # The results travel with the entry to other machines.
+    for name in dict.fromkeys(m.name for _, todo, _ in jobs for m in todo):
+        loaded.store.share(entries[name])
     missed = []
     for m in checked:
         for rt in runtimes:
