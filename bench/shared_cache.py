@@ -143,9 +143,10 @@ def s3_client() -> Any:
 
 
 def store_contents(bucket: str) -> dict[str, Any]:
-    """What the bucket holds under the prefix: entries (one per model build) and blobs."""
+    """What the bucket holds under the prefix: entries (one per model build), derived entries
+    (tfjs runtimes, compressed forms) and blobs."""
     s3 = s3_client()
-    counts = {"entries": 0, "blobs": 0, "other": 0}
+    counts = {"entries": 0, "derived": 0, "blobs": 0, "other": 0}
     size = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{PREFIX}/"):
         for obj in page.get("Contents", []):
@@ -296,7 +297,8 @@ def repetition(rep: int, root: Path, models: Path, logs: Path) -> dict[str, Any]
     run.say(
         f"  B/A {rec['ratio']:.4f}; output {'byte-identical' if same['identical'] else 'DIFFERS'}"
         f" ({same['files']} files, {same['bytes']:,} bytes); store after A: "
-        f"{rec['store_after_a']['entries']} entries, {rec['store_after_a']['blobs']} blobs"
+        f"{rec['store_after_a']['entries']} entries, {rec['store_after_a']['derived']} derived, "
+        f"{rec['store_after_a']['blobs']} blobs"
     )
     run._strip_output(rec)
     return rec
@@ -427,7 +429,8 @@ def print_table(results: dict[str, Any]) -> None:
             f"\nrepetition {r['repetition']}: A {r['a']['build']['wall_s']:.2f} s, "
             f"B {r['b']['build']['wall_s']:.2f} s, B/A {r['ratio']:.4f}; B's out {shown} to "
             f"A's ({out['files']} files, {out['bytes']:,} bytes); the store after A: "
-            f"{store['entries']} entries, {store['blobs']} blobs, {store['bytes']:,} bytes"
+            f"{store['entries']} entries, {store['derived']} derived, {store['blobs']} blobs, "
+            f"{store['bytes']:,} bytes"
         )
         for key in ("differing", "only_in_a", "only_in_b"):
             if out[key]:

@@ -72,7 +72,7 @@ def build(config: Config, progress: Progress | None = None) -> Result:
         for name, request in requests.items():
             packages = installed.folder(tfjs_build.tools(request.version))
             spec = tfjs_build.spec(request, docs, packages)
-            built[name] = tfjs_build.build(spec, packages, config.project.cache_dir, say)
+            built[name] = tfjs_build.build(spec, packages, store, say)
     installed = dataclasses.replace(installed, built=built)
 
     warnings: list[str] = []
@@ -82,7 +82,7 @@ def build(config: Config, progress: Progress | None = None) -> Result:
         warnings = stage.verify_all(config, loaded, checked, say)
         models = stage.artifacts(config, loaded, checked)
     outputs = {
-        t.name: t.render(config, models, installed, exported.get(t.name, {})) for t in chosen
+        t.name: t.render(config, models, installed, exported.get(t.name, {}), store) for t in chosen
     }
 
     tfjs = {m.name: m for m in models}

@@ -268,3 +268,39 @@ def test_damaged_entry_is_a_miss_and_is_removed(store: Cache, damage: Any) -> No
     # The next build can store it again.
     store.put(KEY, FILES, META, INPUTS, REFERENCE)
     assert store.get(KEY) is not None
+
+
+def test_derived_files_are_made_once_and_kept(tmp_path: Path) -> None:
+    store = Cache(tmp_path / ".bundler-cache")
+    made: list[int] = []
+
+    def make() -> dict[str, bytes]:
+        made.append(1)
+        return {"runtime.js": b"code", "runtime.json": b"{}"}
+
+    assert store.derived("runtimes", "k1", make) == {"runtime.js": b"code", "runtime.json": b"{}"}
+    assert store.derived("runtimes", "k1", make) == {"runtime.js": b"code", "runtime.json": b"{}"}
+    assert len(made) == 1
+    assert (tmp_path / ".bundler-cache" / "runtimes" / "k1" / "runtime.js").read_bytes() == b"code"
+
+
+@pytest.mark.parametrize("damage", ["bytes", "index", "missing"])
+def test_damaged_derived_files_are_made_again(tmp_path: Path, damage: str) -> None:
+    store = Cache(tmp_path / ".bundler-cache")
+    store.derived("compressed", "k1", lambda: {"form": b"squeezed"})
+    folder = tmp_path / ".bundler-cache" / "compressed" / "k1"
+    if damage == "bytes":
+        (folder / "form").write_bytes(b"other")
+    elif damage == "index":
+        (folder / cache.DERIVED_INDEX).write_text("{")
+    else:
+        (folder / "form").unlink()
+    assert store.derived("compressed", "k1", lambda: {"form": b"again"}) == {"form": b"again"}
+    assert store.derived("compressed", "k1", lambda: {"form": b"third"}) == {"form": b"again"}
+
+
+def test_derived_files_in_a_cache_that_cannot_be_written(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    store = Cache(blocked / ".bundler-cache")
+    assert store.derived("compressed", "k1", lambda: {"form": b"made"}) == {"form": b"made"}

@@ -93,14 +93,30 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 @needs_node
 def test_a_second_checkout_converts_and_verifies_nothing(aws: str, tmp_path: Path) -> None:
+    import boto3
+
     first = build.build(manifest.load(checkout(tmp_path / "a") / "bundle.toml"))
     assert first.converted == ["starter"]
     said: list[str] = []
     second = build.build(manifest.load(checkout(tmp_path / "b") / "bundle.toml"), said.append)
     assert second.converted == [] and second.reused == ["starter"]
-    assert not [line for line in said if line.startswith(("verifying", "running the source"))]
+    assert not [
+        line
+        for line in said
+        if line.startswith(("verifying", "running the source", "building the tfjs"))
+    ]
     assert tree(tmp_path / "b" / "dist") == tree(tmp_path / "a" / "dist")
-    assert (tmp_path / "b" / ".bundler-cache" / "models").is_dir(), "a hit downloads once"
+    local = tmp_path / "b" / ".bundler-cache"
+    assert (local / "models").is_dir(), "a hit downloads once"
+    # The runtime file and the large files' compressed forms came from the store too.
+    assert list((local / "runtimes").iterdir()) and list((local / "compressed").iterdir())
+    s3 = boto3.client("s3")
+    derived = {
+        o["Key"].split("/")[2]
+        for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]
+        if "/derived/" in o["Key"]
+    }
+    assert derived == {"runtimes", "compressed"}
 
 
 @needs_node
@@ -114,12 +130,17 @@ def test_a_damaged_object_is_converted_again(aws: str, tmp_path: Path) -> None:
     ]
     for key in blobs:
         s3.put_object(Bucket=BUCKET, Key=key, Body=b"damaged")
-    again = build.build(manifest.load(checkout(tmp_path / "b") / "bundle.toml"))
+    said: list[str] = []
+    again = build.build(manifest.load(checkout(tmp_path / "b") / "bundle.toml"), said.append)
     assert again.converted == ["starter"]
+    assert [line for line in said if line.startswith("building the tfjs")]
     assert tree(tmp_path / "b" / "dist") == tree(tmp_path / "a" / "dist")
     # The store healed: a third checkout reuses what the second published.
-    third = build.build(manifest.load(checkout(tmp_path / "c") / "bundle.toml"))
+    said.clear()
+    third = build.build(manifest.load(checkout(tmp_path / "c") / "bundle.toml"), said.append)
     assert third.converted == []
+    assert not [line for line in said if line.startswith("building the tfjs")]
+    assert tree(tmp_path / "c" / "dist") == tree(tmp_path / "a" / "dist")
 
 
 @needs_node

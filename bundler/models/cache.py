@@ -15,7 +15,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 from bundler import __version__
 from bundler.errors import ToolError
 from bundler.manifest import ModelConfig
-from bundler.models import sources
+from bundler.models import remote, sources
 from bundler.models.artifacts import MODEL_JSON, content_hash
 from bundler.models.remote import RemoteCache, Unavailable
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_FILE = "entry.json"
 VERIFY_FILE = "verify.npz"
+DERIVED_INDEX = "index.json"  # in a derived entry's folder: file name → sha256
 _TOOLS = ("tensorflow", "tensorflowjs", "keras", "tf-keras")
 _CHUNK = 1 << 20
 # Bump when what an entry holds changes (its layout, the verification inputs): old entries
@@ -189,6 +191,7 @@ class Cache:
         self.shared = shared
         self.required = required  # an unusable store is an error, not a warning
         self.unavailable: str | None = None
+        self._lock = threading.Lock()
 
     def folder(self, key: str) -> Path:
         """Where the entry for a fingerprint lives."""
@@ -197,9 +200,7 @@ class Cache:
     def get(self, key: str) -> Entry | None:
         """The entry for a fingerprint, or None if absent or damaged (then it is removed)."""
         folder = self.folder(key)
-        if not folder.is_dir():
-            self._pull(key)
-        if not folder.is_dir():
+        if not folder.is_dir() and not self._pull(remote.entry(key), folder):
             return None
         try:
             meta = json.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))
@@ -245,40 +246,81 @@ class Cache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if self._reachable():
-            assert self.shared is not None
-            try:
-                self.shared.publish(key, final)
-            except Unavailable as err:
-                self._lost(err)
+        self._publish(remote.entry(key), final)
         return Entry(final, full, dict(files))
 
     def share(self, entry: Entry) -> None:
         """Publish an entry again after it changed here (verification results, a reference)."""
-        if self._reachable():
-            assert self.shared is not None
-            try:
-                self.shared.publish(entry.folder.name, entry.folder)
-            except Unavailable as err:
-                self._lost(err)
+        self._publish(remote.entry(entry.folder.name), entry.folder)
 
-    def _pull(self, key: str) -> None:
-        """Fetch entry `key` from the shared store into its place, whole or not at all."""
+    def derived(
+        self, space: str, key: str, make: Callable[[], Mapping[str, bytes]]
+    ) -> dict[str, bytes]:
+        """Files a fixed step derives from inputs that hash to `key` (a tfjs runtime, a
+        compressed form): kept in `<root>/<space>/<key>/`, fetched from the shared store when
+        absent here, else made now by `make` and kept and published. A damaged copy is made
+        again; a cache that cannot be written only costs time."""
+        folder = self.root / space / key
+        found = _read_derived(folder)
+        if found is not None:
+            return found
+        index = remote.derived(space, key)
+        fetched = self._fetch(index)
+        files = fetched if fetched is not None else dict(make())
+        try:
+            _write_derived(folder, files)
+        except OSError as err:
+            log.debug("cannot keep %s: %s", folder, err)  # only costs time
+        if fetched is None:
+            self._publish(index, folder, files)
+        return files
+
+    def _publish(
+        self, index: str, folder: Path, contents: Mapping[str, bytes] | None = None
+    ) -> None:
+        """Upload an entry's files (those in `folder` unless given) and then its index."""
         if not self._reachable():
             return
         assert self.shared is not None
-        final = self.folder(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=final.parent))
+        if contents is None:
+            contents = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
         try:
-            if self.shared.fetch(key, tmp):
-                os.replace(tmp, final)
+            self.shared.publish(index, contents)
         except Unavailable as err:
             self._lost(err)
+
+    def _pull(self, index: str, final: Path) -> bool:
+        """Fetch the entry the store lists at `index` into the folder `final`, whole or not at
+        all; True when it is there now."""
+        files = self._fetch(index)
+        if files is None:
+            return False
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name[:8]}-", dir=final.parent))
+        except OSError as err:
+            log.debug("cannot keep %s: %s", final, err)  # only costs time
+            return False
+        try:
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
+            os.replace(tmp, final)
         except OSError:
             pass  # another build put it in place first
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        return final.is_dir()
+
+    def _fetch(self, index: str) -> dict[str, bytes] | None:
+        """The files the store lists at `index`, or None (absent, damaged, unreachable)."""
+        if not self._reachable():
+            return None
+        assert self.shared is not None
+        try:
+            return self.shared.fetch(index)
+        except Unavailable as err:
+            self._lost(err)
+            return None
 
     def _reachable(self) -> bool:
         return self.shared is not None and self.unavailable is None
@@ -291,10 +333,13 @@ class Cache:
                 "--require-cache forbids converting here; check AWS_ENDPOINT_URL and the "
                 "credentials, or build without --require-cache"
             )
-        self.unavailable = (
-            f"the shared cache {self.shared.url} could not be used ({err}); this build "
-            f"converted here, and keeps what it made in {self.root}"
-        )
+        with self._lock:  # the web target's threads may all lose it at once: said once
+            if self.unavailable is not None:
+                return
+            self.unavailable = (
+                f"the shared cache {self.shared.url} could not be used ({err}); this build "
+                f"converted here, and keeps what it made in {self.root}"
+            )
         log.warning("%s", self.unavailable)
 
 
@@ -303,6 +348,40 @@ def open_cache(config: Any) -> Cache:
     url = config.project.remote_cache
     shared = RemoteCache(url) if url else None
     return Cache(config.project.cache_dir, shared, config.project.require_cache)
+
+
+def _read_derived(folder: Path) -> dict[str, bytes] | None:
+    """A derived entry's files, or None when absent or damaged (then it is removed)."""
+    if not folder.is_dir():
+        return None
+    try:
+        index = json.loads((folder / DERIVED_INDEX).read_bytes())
+        files = {name: (folder / name).read_bytes() for name in index}
+        if any(_sha256(data) != index[name] for name, data in files.items()):
+            raise ValueError("a file does not match its hash")
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        log.warning("cache entry %s is damaged (%s); making it again", folder, err)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return files
+
+
+def _write_derived(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Write a derived entry whole: beside its place, then renamed into it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name[:8]}-", dir=folder.parent))
+    try:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        index = {name: _sha256(data) for name, data in files.items()}
+        (tmp / DERIVED_INDEX).write_text(json.dumps(index, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, folder)
+    except OSError:
+        if not folder.is_dir():
+            raise
+        # another build put it in place first
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_verify(

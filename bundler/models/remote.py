@@ -1,7 +1,9 @@
 """A build cache shared by machines: entries in an S3-compatible store, behind the local one.
 
-    s3://bucket/prefix/blobs/<sha256>           every file of every entry, by its bytes
-    s3://bucket/prefix/entries/<fingerprint>    the entry's index: file name → sha256
+    s3://bucket/prefix/blobs/<sha256>               every file of every entry, by its bytes
+    s3://bucket/prefix/entries/<fingerprint>        a model entry's index: file name → sha256
+    s3://bucket/prefix/derived/<space>/<key>        the same for files derived from others by a
+                                                    fixed step (a tfjs runtime, a compressed form)
 
 An entry is published blobs first and its index last, so a reader sees it whole or not at all;
 equal bytes go to equal keys, so builders writing the same entry at once write the same
@@ -16,13 +18,18 @@ import hashlib
 import json
 import logging
 import re
-from pathlib import Path
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?$")
 INDEX_FORMAT = 1
+# Connections kept open to the store: an entry's blobs are fetched at once, and the web target
+# fetches its compressed forms in threads.
+POOL_CONNECTIONS = 16
 
 
 class Unavailable(Exception):
@@ -48,51 +55,69 @@ class RemoteCache:
         self.bucket, prefix = parsed
         self.prefix = f"{prefix}/" if prefix else ""
         self._client: Any = None
+        self._lock = threading.Lock()  # the web target fetches compressed forms in threads
 
     def _s3(self) -> Any:
-        if self._client is None:
-            import boto3
-            from botocore.config import Config
+        with self._lock:
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
 
-            config = Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=60)
-            self._client = boto3.client("s3", config=config)
-        return self._client
-
-    def fetch(self, key: str, into: Path) -> bool:
-        """Write entry `key`'s files into the folder `into`; False when absent or damaged."""
-        index = self._get(f"{self.prefix}entries/{key}")
-        if index is None:
-            return False
-        try:
-            files = json.loads(index)["files"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("the shared cache's index for %s is damaged; converting again", key)
-            return False
-        into.mkdir(parents=True, exist_ok=True)
-        for name, digest in files.items():
-            data = self._get(f"{self.prefix}blobs/{digest}")
-            if data is None or hashlib.sha256(data).hexdigest() != digest:
-                log.warning(
-                    "the shared cache's copy of %s/%s is damaged; converting again", key, name
+                config = Config(
+                    retries={"max_attempts": 2},
+                    connect_timeout=5,
+                    read_timeout=60,
+                    max_pool_connections=POOL_CONNECTIONS,
                 )
-                return False
-            (into / name).write_bytes(data)
-        return True
+                self._client = boto3.client("s3", config=config)
+            return self._client
 
-    def publish(self, key: str, folder: Path) -> None:
-        """Upload the entry in `folder`: its files as blobs, then its index."""
+    def fetch(self, index: str) -> dict[str, bytes] | None:
+        """The files (name → bytes) listed by the index object `index` (`entry(key)`,
+        `derived(...)`); None when it is absent or any of them is damaged."""
+        data = self._get(f"{self.prefix}{index}")
+        if data is None:
+            return None
+        try:
+            files = json.loads(data)["files"]
+            if not isinstance(files, dict):
+                raise TypeError("files is not an object")
+        except (ValueError, KeyError, TypeError):
+            log.warning("the shared cache's %s is damaged; making it here", index)
+            return None
+        keys = [self._blob(digest) for digest in files.values()]
+        if len(keys) > 1:
+            # Fetched at once: a store far away answers each request late.
+            with ThreadPoolExecutor(max_workers=min(len(keys), POOL_CONNECTIONS)) as pool:
+                got = list(pool.map(self._get, keys))
+        else:
+            got = [self._get(key) for key in keys]
+        blobs = dict(zip(files, got, strict=True))
+        for name, digest in files.items():
+            blob = blobs[name]
+            if blob is None or hashlib.sha256(blob).hexdigest() != digest:
+                log.warning(
+                    "the shared cache's copy of %s (%s) is damaged; making it here", name, index
+                )
+                return None
+        return {name: blob for name, blob in blobs.items() if blob is not None}
+
+    def publish(self, index: str, contents: Mapping[str, bytes]) -> None:
+        """Upload files (name → bytes) as blobs, then the index object `index` that lists them."""
         files = {}
-        for path in sorted(p for p in folder.iterdir() if p.is_file()):
-            data = path.read_bytes()
+        for name, data in sorted(contents.items()):
             digest = hashlib.sha256(data).hexdigest()
-            files[path.name] = digest
-            blob = f"{self.prefix}blobs/{digest}"
+            files[name] = digest
+            blob = self._blob(digest)
             # A blob already there is kept only when its ETag (the MD5 of a plain upload) says
             # it holds these bytes: a damaged copy is written over, so the store heals.
             if self._etag(blob) != hashlib.md5(data, usedforsecurity=False).hexdigest():
                 self._put(blob, data)
-        index = {"format": INDEX_FORMAT, "files": files}
-        self._put(f"{self.prefix}entries/{key}", json.dumps(index, sort_keys=True).encode())
+        doc = {"format": INDEX_FORMAT, "files": files}
+        self._put(f"{self.prefix}{index}", json.dumps(doc, sort_keys=True).encode())
+
+    def _blob(self, digest: str) -> str:
+        return f"{self.prefix}blobs/{digest}"
 
     def _get(self, key: str) -> bytes | None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -127,6 +152,16 @@ class RemoteCache:
             self._s3().put_object(Bucket=self.bucket, Key=key, Body=data)
         except (BotoCoreError, ClientError) as err:
             raise Unavailable(_said(err)) from err
+
+
+def entry(key: str) -> str:
+    """The index of model entry `key` (a fingerprint)."""
+    return f"entries/{key}"
+
+
+def derived(space: str, key: str) -> str:
+    """The index of files derived by a fixed step, in `space`, from inputs hashed to `key`."""
+    return f"derived/{space}/{key}"
 
 
 def _said(err: BaseException) -> str:

@@ -15,9 +15,10 @@ file in the runtime that loads it, and caches the result like any conversion
    for it (bundler/tfjs_runtime/; every model is verified in that very file), and any other
    npm packages it reads while rendering; the build installs them all (bundler/runtimes.py)
    before any target renders;
-3. `render(config, models, runtimes, exports)`: every file it ships (paths relative to
-   `out`) and its part of the report. Rendering is pure: no installs, no writes, no
-   TensorFlow; emit.py writes.
+3. `render(config, models, runtimes, exports, store)`: every file it ships (paths relative
+   to `out`) and its part of the report. Rendering is pure: no installs, no TensorFlow, no
+   writes but what it keeps in the build cache `store` (`store.derived`: the web target's
+   compressed forms, shared with the team when the cache is); emit.py writes the files.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from bundler.manifest import Config
     from bundler.models.artifacts import ModelArtifacts
+    from bundler.models.cache import Cache
     from bundler.models.exports import Export, Exporter
     from bundler.runtimes import NpmSet, Runtimes
     from bundler.tfjs_runtime.build import Request
@@ -104,11 +106,13 @@ class Target(Protocol):
         models: Sequence[ModelArtifacts],
         runtimes: Runtimes,
         exports: Mapping[str, Export],
+        store: Cache,
     ) -> TargetOutput:
         """Every file of the target and its report; raises a BundlerError when it cannot fit.
 
         `models` are the tfjs artifacts (none when no tfjs target is built); `exports` what
-        this target's exporter made, by model name (empty for a tfjs target).
+        this target's exporter made, by model name (empty for a tfjs target); `store` the
+        build's cache, for files derived by a slow fixed step.
         """
         ...
 

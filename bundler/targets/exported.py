@@ -14,6 +14,7 @@ from typing import Any
 
 from bundler.manifest import Config
 from bundler.models.artifacts import ModelArtifacts
+from bundler.models.cache import Cache
 from bundler.models.exports import ERROR, Export
 from bundler.runtimes import NpmSet, Runtimes
 from bundler.targets import TargetOutput
@@ -64,6 +65,7 @@ class ExportTarget:
         models: Sequence[ModelArtifacts],
         runtimes: Runtimes,
         exports: Mapping[str, Export],
+        store: Cache,
     ) -> TargetOutput:
         """Each model's exported files in a folder named by their hash."""
         files: dict[str, bytes] = {}

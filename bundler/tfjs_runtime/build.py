@@ -1,7 +1,8 @@
 """Build the tfjs runtime file a target ships: the kernels its models reach, the fixed API.
 
     Request(version, flavour) + the models → Spec (kernels, graph ops) → the file, cached in
-    `<cache_dir>/runtime/<key>.js` by everything that goes into it.
+    `<cache_dir>/runtimes/<key>/` (and the shared store, when the manifest names one) by
+    everything that goes into it.
 
 The Node side (`build_runtime.cjs`) runs tfjs's custom module tool (`tools/custom_module` in
 @tensorflow/tfjs) and esbuild, both from npm, pinned, installed on first use.
@@ -16,15 +17,17 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bundler import emit
 from bundler.errors import ToolError
 from bundler.render import render
 from bundler.runtimes import NO_NODE, NpmSet, run_tool, tail, tfjs
 from bundler.tfjs_runtime import api
 from bundler.tfjs_runtime.kernels import index as kernels_index
 from bundler.tfjs_runtime.kernels import tool_export
+
+if TYPE_CHECKING:
+    from bundler.models.cache import Cache
 
 ESBUILD_VERSION = "0.28.2"
 # fetch-wechat: the fetch that tfjsPlugin's configPlugin takes (tfjs-wechat README).
@@ -37,6 +40,9 @@ RUNNER = Path(__file__).with_name("build_runtime.cjs")
 ENTRY_TEMPLATE = "runtime/entry.js.j2"
 # Bump when what goes into a runtime file changes in a way the key does not see.
 FORMAT = 1
+CACHE_SPACE = "runtimes"  # <cache_dir>/runtimes/<key>/: the file, and what it lacks
+CODE_FILE = "runtime.js"
+META_FILE = "runtime.json"
 
 # flavour → (esbuild format, global name)
 FLAVOURS = {
@@ -196,33 +202,22 @@ def key(spec: Spec) -> str:
 
 
 def build(
-    spec: Spec, packages: Path, cache_dir: Path, say: Callable[[str], None] | None = None
+    spec: Spec, packages: Path, store: Cache, say: Callable[[str], None] | None = None
 ) -> Runtime:
-    """The runtime file for `spec`, from the cache or built now."""
-    folder = cache_dir / "runtime"
-    name = key(spec)
-    code_path, meta_path = folder / f"{name}.js", folder / f"{name}.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        code = code_path.read_bytes()
-        if hashlib.sha256(code).hexdigest() == meta["sha256"]:
-            return Runtime(spec, code, tuple(meta["skipped"]))
-    except (OSError, ValueError, KeyError):
-        pass
-    if say is not None:
-        say(
-            f"building the tfjs {spec.version} runtime for {spec.flavour} "
-            f"({spec.kernel_count} kernels)"
-        )
-    code, skipped = _run(spec, packages)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        emit.write_file(code_path, code)
-        meta = {"sha256": hashlib.sha256(code).hexdigest(), "skipped": skipped}
-        emit.write_file(meta_path, json.dumps(meta).encode())
-    except OSError:
-        pass  # a read-only cache only costs time
-    return Runtime(spec, code, tuple(skipped))
+    """The runtime file for `spec`: from the build cache (or the shared store behind it), or
+    built now and kept there."""
+
+    def made() -> dict[str, bytes]:
+        if say is not None:
+            say(
+                f"building the tfjs {spec.version} runtime for {spec.flavour} "
+                f"({spec.kernel_count} kernels)"
+            )
+        code, skipped = _run(spec, packages)
+        return {CODE_FILE: code, META_FILE: json.dumps({"skipped": skipped}).encode()}
+
+    files = store.derived(CACHE_SPACE, key(spec), made)
+    return Runtime(spec, files[CODE_FILE], tuple(json.loads(files[META_FILE])["skipped"]))
 
 
 def _run(spec: Spec, packages: Path) -> tuple[bytes, list[str]]:

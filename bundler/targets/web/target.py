@@ -13,8 +13,9 @@ works from any base path. Files under a content-hashed folder (`models/…/<hash
 `vendor/…/<hash>/`, see `is_immutable`) never change and may be cached for good; the page and
 bundler/ must be revalidated.
 
-Compressing the runtime with brotli 11 takes a second, so compressed forms are kept in
-`<cache_dir>/web/`, by the sha256 of what they compress.
+Compressing the runtime with brotli 11 takes a second, so the compressed forms of large files
+are kept in the build cache (`<cache_dir>/compressed/`, and the shared store when the manifest
+names one), by the sha256 of what they compress.
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import brotli
 import numpy as np
 
-from bundler import emit, limits
+from bundler import limits
 from bundler.manifest import Config
 from bundler.models.artifacts import BROTLI_SUFFIX, HASH_LENGTH, ModelArtifacts
+from bundler.models.cache import Cache
 from bundler.models.exports import Export, jobs
 from bundler.render import render
 from bundler.report import model_folder
@@ -49,6 +50,10 @@ MODELS_JS = "bundler/models.js"
 VENDOR_DIR = "vendor"
 TFJS_FILE = "tf.min.js"  # the runtime built for the bundle (bundler/tfjs_runtime/)
 GZIP_SUFFIX = ".gz"
+CACHE_SPACE = "compressed"  # <cache_dir>/compressed/<sha256 of the input>.<form>/
+# Threads that compress, when a shared store is behind the cache: most of their time is then
+# spent waiting for its answers.
+FETCH_THREADS = 8
 COMPRESSED_SUFFIXES = (BROTLI_SUFFIX, GZIP_SUFFIX)
 # A content-hashed folder: what is inside never changes under the same URL.
 IMMUTABLE = re.compile(r"(?:^|/)(?:models|vendor)/[^/]+/[0-9a-f]{8}/")
@@ -115,16 +120,18 @@ class WebTarget:
         models: Sequence[ModelArtifacts],
         installed: Runtimes,
         exports: Mapping[str, Export],
+        store: Cache,
     ) -> TargetOutput:
         """The site's files, compressed copies beside every one."""
-        return _render(config, models, installed)
+        return _render(config, models, installed, Compressor(store))
 
 
 TARGET = WebTarget()
 
 
-def _render(config: Config, models: Sequence[ModelArtifacts], installed: Runtimes) -> TargetOutput:
-    squeeze = Compressor(config.project.cache_dir / WEB_DIR)
+def _render(
+    config: Config, models: Sequence[ModelArtifacts], installed: Runtimes, squeeze: Compressor
+) -> TargetOutput:
     site: dict[str, bytes] = {}
     # Precompressed forms already made by the build (the models' brotli shards).
     known_br: dict[str, bytes] = {}
@@ -163,8 +170,10 @@ def _render(config: Config, models: Sequence[ModelArtifacts], installed: Runtime
         level = SHARD_GZIP_LEVEL if rel in known_br and not rel.endswith(".json") else GZIP_LEVEL
         return br if br is not None else squeeze.brotli(raw), squeeze.gzip(raw, level)
 
-    # zlib and brotli release Python's lock: one thread per core.
-    with ThreadPoolExecutor(max_workers=jobs()) as pool:
+    # zlib and brotli release Python's lock: one thread per core, or more to wait on a shared
+    # store's answers.
+    threads = jobs() if squeeze.store.shared is None else max(jobs(), FETCH_THREADS)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         forms = dict(zip(site, pool.map(compressed, site), strict=True))
     files: dict[str, bytes] = {}
     for rel, raw in site.items():
@@ -188,10 +197,11 @@ def is_immutable(path: str) -> bool:
 
 
 class Compressor:
-    """Brotli and gzip forms of file contents, kept on disk by the sha256 of the input."""
+    """Brotli and gzip forms of file contents; those of large files are kept in the build
+    cache by the sha256 of the input."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, store: Cache) -> None:
+        self.store = store
 
     def brotli(self, data: bytes) -> bytes:
         """Brotli at the quality for text (11): the web's small files and tf.min.js."""
@@ -209,18 +219,8 @@ class Compressor:
     def _kept(self, data: bytes, kind: str, make: Callable[[], bytes]) -> bytes:
         if len(data) < limits.KEPT_COMPRESSED_MIN_BYTES:
             return make()
-        path = self.folder / f"{_digest(data)}.{kind}"
-        try:
-            return path.read_bytes()
-        except OSError:
-            pass
-        out = make()
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            emit.write_file(path, out)
-        except OSError:
-            pass  # a read-only cache only costs time
-        return out
+        form = self.store.derived(CACHE_SPACE, f"{_digest(data)}.{kind}", lambda: {kind: make()})
+        return form[kind]
 
 
 def _model_data(m: ModelArtifacts) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from bundler import emit, limits
 from bundler.errors import PlanError
 from bundler.manifest import Config
 from bundler.models.artifacts import BROTLI_SUFFIX, MODEL_JSON, ModelArtifacts
+from bundler.models.cache import Cache
 from bundler.models.exports import Export
 from bundler.render import render
 from bundler.runtimes import NpmSet, Runtimes
@@ -109,6 +110,7 @@ class WechatTarget:
         models: Sequence[ModelArtifacts],
         runtimes: Runtimes,
         exports: Mapping[str, Export],
+        store: Cache,
     ) -> TargetOutput:
         """Plan and render the mini-program for these models; PlanError if it cannot fit."""
         files, report, merging = _render(config, models, runtimes)
