@@ -274,3 +274,32 @@ def test_two_builds_at_once_share_one_entry(aws: str, tmp_path: Path) -> None:
     assert len([k for k in keys if "/entries/" in k]) == 1
     third = build.build(manifest.load(checkout(tmp_path / "c") / "bundle.toml"))
     assert third.converted == []
+
+
+@needs_node
+def test_a_cold_build_asks_after_each_blob_once(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry is published when converted and again after verification: the second time
+    only its changed files are asked after and uploaded."""
+    from collections import Counter
+
+    from bundler.models import remote
+
+    asked: Counter[str] = Counter()
+    made = remote.RemoteCache._s3
+
+    def counting(self: remote.RemoteCache) -> object:
+        client = made(self)
+        if not getattr(client, "_counting", False):
+            client._counting = True
+            client.meta.events.register(
+                "before-call.s3.HeadObject", lambda params, **_: asked.update([params["url_path"]])
+            )
+        return client
+
+    monkeypatch.setattr(remote.RemoteCache, "_s3", counting)
+    result = build.build(manifest.load(checkout(tmp_path / "a") / "bundle.toml"))
+    assert result.converted == ["starter"]
+    assert asked, "the build published to the store"
+    assert [key for key, n in asked.items() if n > 1] == []

@@ -56,6 +56,9 @@ class RemoteCache:
         self.prefix = f"{prefix}/" if prefix else ""
         self._client: Any = None
         self._lock = threading.Lock()  # the web target fetches compressed forms in threads
+        # Blobs this build saw whole in the store (fetched and checked, or written): an entry
+        # published again after verification uploads and asks after only its changed files.
+        self._present: set[str] = set()
 
     def _s3(self) -> Any:
         with self._lock:
@@ -100,6 +103,7 @@ class RemoteCache:
                     "the shared cache's copy of %s (%s) is damaged; making it here", name, index
                 )
                 return None
+            self._present.add(digest)
         return {name: blob for name, blob in blobs.items() if blob is not None}
 
     def publish(self, index: str, contents: Mapping[str, bytes]) -> None:
@@ -108,11 +112,14 @@ class RemoteCache:
         for name, data in sorted(contents.items()):
             digest = hashlib.sha256(data).hexdigest()
             files[name] = digest
+            if digest in self._present:
+                continue
             blob = self._blob(digest)
             # A blob already there is kept only when its ETag (the MD5 of a plain upload) says
             # it holds these bytes: a damaged copy is written over, so the store heals.
             if self._etag(blob) != hashlib.md5(data, usedforsecurity=False).hexdigest():
                 self._put(blob, data)
+            self._present.add(digest)
         doc = {"format": INDEX_FORMAT, "files": files}
         self._put(f"{self.prefix}{index}", json.dumps(doc, sort_keys=True).encode())
 
