@@ -303,3 +303,21 @@ def test_a_cold_build_asks_after_each_blob_once(
     assert result.converted == ["starter"]
     assert asked, "the build published to the store"
     assert [key for key, n in asked.items() if n > 1] == []
+
+
+@needs_node
+def test_manifests_sharing_a_model_convert_it_once(aws: str, tmp_path: Path) -> None:
+    """A CI matrix: one job per app's manifest, one bucket. Another app that ships the same
+    model file with the same options (under its own name) converts and verifies nothing."""
+    first = build.build(manifest.load(checkout(tmp_path / "camera") / "bundle.toml"))
+    assert first.converted == ["starter"]
+    root = checkout(tmp_path / "search")
+    text = (root / "bundle.toml").read_text()
+    text = text.replace('name = "team-app"', 'name = "search-app"', 1)
+    text = text.replace('name = "starter"', 'name = "digits"', 1)
+    (root / "bundle.toml").write_text(text)
+    said: list[str] = []
+    other = build.build(manifest.load(root / "bundle.toml"), said.append)
+    assert other.converted == [] and other.reused == ["digits"]
+    assert not [line for line in said if line.startswith(("verifying", "running the source"))]
+    assert other.report.models[0].name == "digits"
