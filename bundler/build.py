@@ -2,7 +2,8 @@
 
 models (convert to tfjs or reuse, when a target ships tfjs) → the export targets' files
 (TFLite, Keras: converted and checked, or reused) → gather the targets' npm packages → build
-each target's tfjs runtime for these models → verify every model in each runtime file →
+each target's tfjs runtime for these models (or reuse it: then its npm packages are not even
+installed) → verify every model in each runtime file →
 every target renders its files in memory → emit writes them beside `out` and swaps them in →
 the report.
 """
@@ -63,16 +64,12 @@ def build(config: Config, progress: Progress | None = None) -> Result:
     loaded = stage.load(config, say, store) if targets.ships_tfjs(config) else stage.Loaded(store)
     exported = exports.load(config, chosen, say, loaded)
     requests = {t.name: r for t in chosen if (r := t.runtime_request(config)) is not None}
-    npm = [tfjs_build.tools(r.version) for r in requests.values()]
-    npm += [n for t in chosen for n in t.runtimes(config)]
-    installed = runtimes.gather(npm, say)
+    installed = runtimes.gather([n for t in chosen for n in t.runtimes(config)], say)
     built: dict[str, tfjs_build.Runtime] = {}
     if requests:
         docs = stage.docs(config, loaded)
         for name, request in requests.items():
-            packages = installed.folder(tfjs_build.tools(request.version))
-            spec = tfjs_build.spec(request, docs, packages)
-            built[name] = tfjs_build.build(spec, packages, store, say)
+            built[name] = tfjs_build.for_models(request, docs, store, say)
     installed = dataclasses.replace(installed, built=built)
 
     warnings: list[str] = []

@@ -92,11 +92,17 @@ def tree(folder: Path) -> dict[str, bytes]:
 
 
 @needs_node
-def test_a_second_checkout_converts_and_verifies_nothing(aws: str, tmp_path: Path) -> None:
+def test_a_second_checkout_converts_and_verifies_nothing(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import boto3
 
     first = build.build(manifest.load(checkout(tmp_path / "a") / "bundle.toml"))
     assert first.converted == ["starter"]
+    # The second machine has no Node and no npm packages: everything comes from the store.
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("BUNDLER_NODE_CACHE", str(tmp_path / "node"))
     said: list[str] = []
     second = build.build(manifest.load(checkout(tmp_path / "b") / "bundle.toml"), said.append)
     assert second.converted == [] and second.reused == ["starter"]
@@ -116,7 +122,8 @@ def test_a_second_checkout_converts_and_verifies_nothing(aws: str, tmp_path: Pat
         for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]
         if "/derived/" in o["Key"]
     }
-    assert derived == {"runtimes", "compressed"}
+    assert derived == {"runtime-specs", "runtimes", "compressed"}
+    assert not (tmp_path / "node").exists()
 
 
 @needs_node

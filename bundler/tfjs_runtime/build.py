@@ -10,6 +10,7 @@ The Node side (`build_runtime.cjs`) runs tfjs's custom module tool (`tools/custo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from bundler.errors import ToolError
 from bundler.render import render
-from bundler.runtimes import NO_NODE, NpmSet, run_tool, tail, tfjs
+from bundler.runtimes import NO_NODE, NpmSet, ensure_packages, run_tool, tail, tfjs
 from bundler.tfjs_runtime import api
 from bundler.tfjs_runtime.kernels import index as kernels_index
 from bundler.tfjs_runtime.kernels import tool_export
@@ -38,9 +39,13 @@ BACKENDS = ("cpu", "webgl")
 BUILD_TIMEOUT_S = 300.0
 RUNNER = Path(__file__).with_name("build_runtime.cjs")
 ENTRY_TEMPLATE = "runtime/entry.js.j2"
+# The code a spec comes from: a change to it makes every kept spec a miss.
+SPEC_CODE = tuple(Path(__file__).with_name(name) for name in ("api.py", "kernels.py", "build.py"))
 # Bump when what goes into a runtime file changes in a way the key does not see.
 FORMAT = 1
 CACHE_SPACE = "runtimes"  # <cache_dir>/runtimes/<key>/: the file, and what it lacks
+SPEC_SPACE = "runtime-specs"  # <cache_dir>/runtime-specs/<key>/: the kernels models reach
+SPEC_FILE = "spec.json"
 CODE_FILE = "runtime.js"
 META_FILE = "runtime.json"
 
@@ -73,6 +78,23 @@ class Spec:
     # find by the kernel's name (FusedBatchNorm in BatchNorm.js, LRN's LRNConfig, ...): the
     # entry registers them itself.
     renamed: tuple[tuple[str, str, str, str], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, for the build cache."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Spec:
+        """The spec `to_json` wrote."""
+        return cls(
+            version=data["version"],
+            flavour=data["flavour"],
+            graph=data["graph"],
+            layers=data["layers"],
+            kernels=tuple(data["kernels"]),
+            graph_ops=tuple(data["graph_ops"]),
+            renamed=tuple((b, k, m, e) for b, k, m, e in data["renamed"]),
+        )
 
     @property
     def kernel_count(self) -> int:
@@ -201,11 +223,55 @@ def key(spec: Spec) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
 
 
+def for_models(
+    request: Request,
+    models: Sequence[tuple[str, Mapping[str, Any]]],
+    store: Cache,
+    say: Callable[[str], None] | None = None,
+) -> Runtime:
+    """The runtime file `request` asks for, for these models (format, model.json): its spec and
+    its file from the build cache (or the shared store behind it), or made now and kept there.
+    The npm packages are installed only to make one of them: a build that finds both (a
+    second machine of the team) needs neither npm nor Node."""
+    npm = tools(request.version)
+    found: list[Path] = []
+
+    def packages() -> Path:
+        if not found:
+            found.append(
+                ensure_packages(npm.folder, dict(npm.packages), purpose=npm.purpose, log=say)
+            )
+        return found[0]
+
+    def made() -> dict[str, bytes]:
+        return {SPEC_FILE: json.dumps(spec(request, models, packages()).to_json()).encode()}
+
+    kept = store.derived(SPEC_SPACE, spec_key(request, models), made)
+    return build(Spec.from_json(json.loads(kept[SPEC_FILE])), packages, store, say)
+
+
+def spec_key(request: Request, models: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """What a spec is derived from: the request, the models, the pinned packages whose kernels
+    it reads, and the code that reads them."""
+    facts = {
+        "format": FORMAT,
+        "request": [request.version, request.flavour],
+        "packages": tools(request.version).packages,
+        # The topology only: the kernels come from its ops and layers, not from the weights.
+        "models": [[fmt, doc.get("modelTopology")] for fmt, doc in models],
+        "code": [path.read_text(encoding="utf-8") for path in SPEC_CODE],
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def build(
-    spec: Spec, packages: Path, store: Cache, say: Callable[[str], None] | None = None
+    spec: Spec,
+    packages: Callable[[], Path],
+    store: Cache,
+    say: Callable[[str], None] | None = None,
 ) -> Runtime:
     """The runtime file for `spec`: from the build cache (or the shared store behind it), or
-    built now and kept there."""
+    built now (with the npm packages `packages()` installs) and kept there."""
 
     def made() -> dict[str, bytes]:
         if say is not None:
@@ -213,7 +279,7 @@ def build(
                 f"building the tfjs {spec.version} runtime for {spec.flavour} "
                 f"({spec.kernel_count} kernels)"
             )
-        code, skipped = _run(spec, packages)
+        code, skipped = _run(spec, packages())
         return {CODE_FILE: code, META_FILE: json.dumps({"skipped": skipped}).encode()}
 
     files = store.derived(CACHE_SPACE, key(spec), made)
