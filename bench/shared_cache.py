@@ -24,11 +24,12 @@ What runs (bench/README.md, "The shared cache benchmark", says how to read it):
 
 Reported: A's time, B's time, B/A (goal ≤ 0.05), whether B's output tree is byte-identical to
 A's (every file under out), what B converted (must be nothing) and whether it verified anything
-(its progress lines), where B's time goes (its progress lines and the report's
-`build.seconds`), what the store held after A, and the CPU seconds other processes took during
-each build. The numbers go to the `shared_cache` key of `<work>/results.json`; each
-build's stderr to `<work>/logs/shared_cache/`. Exit status 0 even when a goal is missed
-(MISSED); 1 when a command fails.
+(its progress lines), whether it built a tfjs runtime or installed npm packages (B runs as a
+fresh machine would: BUNDLER_NODE_CACHE names an empty folder), where B's time goes (its
+progress lines and the report's `build.seconds`), what the store held after A, and the CPU
+seconds other processes took during each build. The numbers go to the `shared_cache` key of
+`<work>/results.json`; each build's stderr to `<work>/logs/shared_cache/`. Exit status 0 even
+when a goal is missed (MISSED); 1 when a command fails.
 
 Usage: .venv/bin/python bench/shared_cache.py [--repeat N] [--work bench/work]
        (bench/run.py runs it; alone: bench/run.py --shared-cache-only)
@@ -264,7 +265,10 @@ def repetition(rep: int, root: Path, models: Path, logs: Path) -> dict[str, Any]
     with environment({"BUNDLER_CACHE": url}):
         am, areport = build(a, "checkout A (cold, empty store)", logs / f"{rep}-a.log")
         rec["store_after_a"] = store_contents(bucket)
-        bm, breport = build(b, "checkout B (cold, warm store)", logs / f"{rep}-b.log")
+        # B is a fresh machine: no npm packages installed either (an empty node folder).
+        b_node = base / "b-node"
+        with environment({"BUNDLER_NODE_CACHE": str(b_node)}):
+            bm, breport = build(b, "checkout B (cold, warm store)", logs / f"{rep}-b.log")
     rec["bundler_source_changed"] = run.source_digest() != before
     if rec["bundler_source_changed"]:
         run.say("  WARNING: bundler/ changed during this repetition (edited by someone else?)")
@@ -291,6 +295,10 @@ def repetition(rep: int, root: Path, models: Path, logs: Path) -> dict[str, Any]
         "verified_or_ran_tf": [
             line for line in b_lines if " verifying" in line or " running the source" in line
         ],
+        "built_or_installed": [
+            line for line in b_lines if " building the tfjs" in line or " installing" in line
+        ],
+        "node_folder_made": b_node.exists(),
     }
     rec["ratio"] = bm["wall_s"] / am["wall_s"]
     rec["output"] = same
@@ -436,6 +444,11 @@ def print_table(results: dict[str, Any]) -> None:
             if out[key]:
                 print(f"  {key.replace('_', ' ')}: {', '.join(out[key])}")
         print(f"  B converted: {r['b']['converted'] or 'nothing'}")
+        made = r["b"]["built_or_installed"]
+        print(
+            f"  B built or installed: {'; '.join(made) or 'nothing'} (its empty npm folder "
+            f"{'was filled' if r['b']['node_folder_made'] else 'stayed absent'})"
+        )
         print(
             "  where B's time went (s; a line's span runs to the next line, the last to the end):"
         )
