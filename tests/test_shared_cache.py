@@ -328,3 +328,25 @@ def test_manifests_sharing_a_model_convert_it_once(aws: str, tmp_path: Path) -> 
     assert other.converted == [] and other.reused == ["digits"]
     assert not [line for line in said if line.startswith(("verifying", "running the source"))]
     assert other.report.models[0].name == "digits"
+
+
+def test_an_index_naming_a_path_out_of_its_folder_is_damaged(aws: str, tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    import boto3
+
+    from bundler.models import cache, remote
+
+    s3 = boto3.client("s3")
+    data = b"not yours"
+    digest = hashlib.sha256(data).hexdigest()
+    s3.put_object(Bucket=BUCKET, Key=f"bundler/blobs/{digest}", Body=data)
+    for i, name in enumerate(("../../escaped", "..", "sub/escaped")):
+        index = json.dumps({"format": 1, "files": {name: digest}}).encode()
+        s3.put_object(Bucket=BUCKET, Key="bundler/derived/runtimes/k1", Body=index)
+        store = cache.Cache(tmp_path / f"cache{i}", remote.RemoteCache(URL))
+        assert store.derived("runtimes", "k1", lambda: {"runtime.js": b"made"}) == {
+            "runtime.js": b"made"
+        }
+        assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.read_bytes() == data]

@@ -268,7 +268,8 @@ class Cache:
         fetched = self._fetch(index)
         files = fetched if fetched is not None else dict(make())
         try:
-            _write_derived(folder, files)
+            index_file = json.dumps({n: _sha256(d) for n, d in files.items()}, sort_keys=True)
+            _write_whole(folder, {**files, DERIVED_INDEX: index_file.encode()})
         except OSError as err:
             log.debug("cannot keep %s: %s", folder, err)  # only costs time
         if fetched is None:
@@ -296,19 +297,9 @@ class Cache:
         if files is None:
             return False
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name[:8]}-", dir=final.parent))
+            _write_whole(final, files)
         except OSError as err:
             log.debug("cannot keep %s: %s", final, err)  # only costs time
-            return False
-        try:
-            for name, data in files.items():
-                (tmp / name).write_bytes(data)
-            os.replace(tmp, final)
-        except OSError:
-            pass  # another build put it in place first
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return final.is_dir()
 
     def _fetch(self, index: str) -> dict[str, bytes] | None:
@@ -366,20 +357,18 @@ def _read_derived(folder: Path) -> dict[str, bytes] | None:
     return files
 
 
-def _write_derived(folder: Path, files: Mapping[str, bytes]) -> None:
-    """Write a derived entry whole: beside its place, then renamed into it."""
+def _write_whole(folder: Path, files: Mapping[str, bytes]) -> None:
+    """Write a folder whole: beside its place, then renamed into it. A folder another build put
+    in place first is kept."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name[:8]}-", dir=folder.parent))
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        index = {name: _sha256(data) for name, data in files.items()}
-        (tmp / DERIVED_INDEX).write_text(json.dumps(index, sort_keys=True), encoding="utf-8")
         os.replace(tmp, folder)
     except OSError:
         if not folder.is_dir():
             raise
-        # another build put it in place first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

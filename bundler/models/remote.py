@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<prefix>.*))?$")
 INDEX_FORMAT = 1
+# What an index may name: a file in the entry's folder, never a path out of it.
+FILE_NAME = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._-]{1,255}$")
 # Connections kept open to the store: an entry's blobs are fetched at once, and the web target
 # fetches its compressed forms in threads.
 POOL_CONNECTIONS = 16
@@ -83,8 +85,8 @@ class RemoteCache:
             return None
         try:
             files = json.loads(data)["files"]
-            if not isinstance(files, dict):
-                raise TypeError("files is not an object")
+            if not isinstance(files, dict) or not all(map(FILE_NAME.match, files)):
+                raise TypeError("files is not an object of plain file names")
         except (ValueError, KeyError, TypeError):
             log.warning("the shared cache's %s is damaged; making it here", index)
             return None
