@@ -95,7 +95,7 @@ def build(config: Config, progress: Progress | None = None) -> Result:
             for m in config.models
         ),
         warnings=(
-            *([store.unavailable] if store.unavailable else []),
+            *store.warnings,
             *loaded.warnings,
             *warnings,
             *config.warnings(),

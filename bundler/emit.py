@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from bundler.errors import BundlerError
+
 log = logging.getLogger(__name__)
 
 _RENAME_EXCHANGE = 2
@@ -110,6 +112,10 @@ def write_tree(out: Path, files: Mapping[str, bytes]) -> bool:
 def stage(target: Path, files: Mapping[str, bytes], mine: set[str] | None) -> Path:
     """A new tree beside `target`, for `swap_in`: `files`, and whatever under `target` is not
     in `mine` (the build's files there before; None: all of it was), carried over as it is."""
+    for rel in files:
+        parts = rel.split("/")
+        if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+            raise BundlerError(f"refusing to write {rel!r}: not a plain path inside {target}")
     tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(target, _NEW), dir=target.parent))
     try:
         for rel, data in sorted(files.items()):

@@ -141,6 +141,14 @@ def test_fingerprint_of_a_saved_model_does_not_depend_on_where_it_is(tmp_path: P
     assert cache.fingerprint(one, OPTIONS) == cache.fingerprint(two, OPTIONS)
 
 
+def test_fingerprint_of_a_saved_model_leaves_out_dot_files(tmp_path: Path) -> None:
+    one = model_for(saved_model(tmp_path / "a" / "sm"), sources.SAVED_MODEL)
+    two = model_for(saved_model(tmp_path / "b" / "sm"), sources.SAVED_MODEL)
+    (tmp_path / "b" / "sm" / ".DS_Store").write_bytes(b"Finder")
+    (tmp_path / "b" / "sm" / "variables" / ".saved_model.pb.swp").write_bytes(b"vim")
+    assert cache.fingerprint(one, OPTIONS) == cache.fingerprint(two, OPTIONS)
+
+
 def test_fingerprint_of_a_tfjs_model_covers_its_shards(tmp_path: Path) -> None:
     model_json = tfjs_model(tmp_path / "tfjs")
     model = model_for(model_json, sources.TFJS_GRAPH)
@@ -257,9 +265,36 @@ def truncate_verify_npz(folder: Path) -> None:
     path.write_bytes(path.read_bytes()[:40])
 
 
+def name_a_file_out_of_the_folder(folder: Path) -> None:
+    """An entry.json (from a shared store anyone on the team can write) that names a file out
+    of the entry's folder, one whose hash matches."""
+    (folder.parent / "outside").write_bytes(b"secret")
+    meta = json.loads((folder / cache.ENTRY_FILE).read_text())
+    meta["files"]["../outside"] = hashlib.sha256(b"secret").hexdigest()
+    (folder / cache.ENTRY_FILE).write_text(json.dumps(meta))
+
+
+def name_a_missing_shard(folder: Path) -> None:
+    """A model.json whose weights name a file the entry does not list (its own hash is right)."""
+    doc = {"format": "graph-model", "weightsManifest": [{"paths": ["../../outside.bin"]}]}
+    data = json.dumps(doc).encode()
+    (folder / "model.json").write_bytes(data)
+    meta = json.loads((folder / cache.ENTRY_FILE).read_text())
+    meta["files"]["model.json"] = hashlib.sha256(data).hexdigest()
+    (folder / cache.ENTRY_FILE).write_text(json.dumps(meta))
+
+
 @pytest.mark.parametrize(
     "damage",
-    [damage_a_file, truncate_entry_json, delete_verify_npz, delete_a_file, truncate_verify_npz],
+    [
+        damage_a_file,
+        truncate_entry_json,
+        delete_verify_npz,
+        delete_a_file,
+        truncate_verify_npz,
+        name_a_file_out_of_the_folder,
+        name_a_missing_shard,
+    ],
 )
 def test_damaged_entry_is_a_miss_and_is_removed(store: Cache, damage: Any) -> None:
     damage(store.folder(KEY))
@@ -278,29 +313,43 @@ def test_derived_files_are_made_once_and_kept(tmp_path: Path) -> None:
         made.append(1)
         return {"runtime.js": b"code", "runtime.json": b"{}"}
 
-    assert store.derived("runtimes", "k1", make) == {"runtime.js": b"code", "runtime.json": b"{}"}
-    assert store.derived("runtimes", "k1", make) == {"runtime.js": b"code", "runtime.json": b"{}"}
+    assert store.derived("runtimes", "k1", ["runtime.js", "runtime.json"], make) == {
+        "runtime.js": b"code",
+        "runtime.json": b"{}",
+    }
+    assert store.derived("runtimes", "k1", ["runtime.js", "runtime.json"], make) == {
+        "runtime.js": b"code",
+        "runtime.json": b"{}",
+    }
     assert len(made) == 1
     assert (tmp_path / ".bundler-cache" / "runtimes" / "k1" / "runtime.js").read_bytes() == b"code"
 
 
-@pytest.mark.parametrize("damage", ["bytes", "index", "missing"])
+@pytest.mark.parametrize("damage", ["bytes", "index", "missing", "incomplete"])
 def test_damaged_derived_files_are_made_again(tmp_path: Path, damage: str) -> None:
     store = Cache(tmp_path / ".bundler-cache")
-    store.derived("compressed", "k1", lambda: {"form": b"squeezed"})
+    store.derived("compressed", "k1", ["form"], lambda: {"form": b"squeezed"})
     folder = tmp_path / ".bundler-cache" / "compressed" / "k1"
     if damage == "bytes":
         (folder / "form").write_bytes(b"other")
     elif damage == "index":
         (folder / cache.DERIVED_INDEX).write_text("{")
+    elif damage == "incomplete":
+        (folder / cache.DERIVED_INDEX).write_text("{}")
     else:
         (folder / "form").unlink()
-    assert store.derived("compressed", "k1", lambda: {"form": b"again"}) == {"form": b"again"}
-    assert store.derived("compressed", "k1", lambda: {"form": b"third"}) == {"form": b"again"}
+    assert store.derived("compressed", "k1", ["form"], lambda: {"form": b"again"}) == {
+        "form": b"again"
+    }
+    assert store.derived("compressed", "k1", ["form"], lambda: {"form": b"third"}) == {
+        "form": b"again"
+    }
 
 
 def test_derived_files_in_a_cache_that_cannot_be_written(tmp_path: Path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     store = Cache(blocked / ".bundler-cache")
-    assert store.derived("compressed", "k1", lambda: {"form": b"made"}) == {"form": b"made"}
+    assert store.derived("compressed", "k1", ["form"], lambda: {"form": b"made"}) == {
+        "form": b"made"
+    }

@@ -175,3 +175,13 @@ def test_unchanged_compares_names_and_bytes(tmp_path: Path) -> None:
     assert emit.unchanged(out, {k: v for k, v in FIRST.items() if k != "bundle-report.json"}) is (
         False
     )
+
+
+@pytest.mark.parametrize("rel", ["../x", "a/../../x", "/etc/x", "a//b", "a/./b", "a\\..\\b"])
+def test_a_path_out_of_the_tree_is_refused(tmp_path: Path, rel: str) -> None:
+    with pytest.raises(emit.BundlerError) as info:
+        emit.write_tree(tmp_path / "out", {"ok.txt": b"ok", rel: b"x"})
+    assert (
+        str(info.value) == f"refusing to write {rel!r}: not a plain path inside {tmp_path / 'out'}"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

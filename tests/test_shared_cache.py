@@ -162,9 +162,10 @@ def test_an_unreachable_store_is_said_once_and_the_build_goes_on(
     assert result.converted == ["starter"]
     said = [w for w in result.report.warnings if "shared cache" in w]
     assert len(said) == 1
-    assert said[0].startswith(f"the shared cache {URL} could not be used (")
+    assert said[0].startswith(f"the shared cache {URL} could not be read (")
     assert said[0].endswith(
-        f"this build converted here, and keeps what it made in {tmp_path / 'a' / '.bundler-cache'}"
+        "this build made here what it could not fetch, and keeps it in "
+        f"{tmp_path / 'a' / '.bundler-cache'}"
     )
 
 
@@ -201,9 +202,9 @@ def test_require_cache_makes_an_unusable_store_an_error(
     monkeypatch.chdir(root)
     assert main(["build", "--require-cache", "bundle.toml"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"error: the shared cache {URL} could not be used (")
+    assert err[-1].startswith(f"error: the shared cache {URL} could not be read (")
     assert err[-1].endswith(
-        "and --require-cache forbids converting here; check AWS_ENDPOINT_URL and the "
+        "and --require-cache forbids building without it; check AWS_ENDPOINT_URL and the "
         "credentials, or build without --require-cache"
     )
     assert not (root / "dist").exists()
@@ -346,7 +347,51 @@ def test_an_index_naming_a_path_out_of_its_folder_is_damaged(aws: str, tmp_path:
         index = json.dumps({"format": 1, "files": {name: digest}}).encode()
         s3.put_object(Bucket=BUCKET, Key="bundler/derived/runtimes/k1", Body=index)
         store = cache.Cache(tmp_path / f"cache{i}", remote.RemoteCache(URL))
-        assert store.derived("runtimes", "k1", lambda: {"runtime.js": b"made"}) == {
+        assert store.derived("runtimes", "k1", ["runtime.js"], lambda: {"runtime.js": b"made"}) == {
             "runtime.js": b"made"
         }
         assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.read_bytes() == data]
+
+
+@needs_node
+def test_a_malformed_endpoint_is_said_like_an_unreachable_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "minio:9000")  # no scheme: boto3 refuses it
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    result = build.build(manifest.load(checkout(tmp_path / "a") / "bundle.toml"))
+    assert result.converted == ["starter"] and result.written
+    said = [w for w in result.report.warnings if "shared cache" in w]
+    assert len(said) == 1 and said[0].startswith(f"the shared cache {URL} could not be read (")
+
+
+@needs_node
+def test_a_store_that_refuses_writes_is_still_read(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read-only credentials (a pull request's CI job): what the store has is used, what this
+    build makes stays here, said once, even with --require-cache."""
+    from bundler.models import remote
+
+    build.build(manifest.load(checkout(tmp_path / "a") / "bundle.toml"))
+
+    def refused(self: remote.RemoteCache, key: str, data: bytes) -> None:
+        raise remote.Unavailable("An error occurred (AccessDenied) when calling PutObject", True)
+
+    monkeypatch.setattr(remote.RemoteCache, "_put", refused)
+    root = checkout(tmp_path / "b")
+    with (root / "bundle.toml").open("a") as f:
+        f.write(
+            '\n[[models]]\nname = "small"\nsource = "models/starter/model.json"\n'
+            'format = "layers"\nquantize = "uint8"\n'
+        )
+    config = manifest.requiring_cache(manifest.load(root / "bundle.toml"))
+    result = build.build(config)
+    assert result.converted == ["small"] and result.reused == ["starter"]
+    said = [w for w in result.report.warnings if "shared cache" in w]
+    assert said == [
+        f"the shared cache {URL} could not be written (An error occurred (AccessDenied) when "
+        f"calling PutObject); what this build made is kept in {root / '.bundler-cache'} only"
+    ]

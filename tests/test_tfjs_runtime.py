@@ -237,3 +237,14 @@ def test_a_kernel_left_out_fails_verification_naming_it_and_the_model(
         '"Concat", which it runs in batches of one row; the bundler left it out of the file: '
         "please report this bug",
     )
+
+
+def test_the_spec_key_follows_the_topologies_only() -> None:
+    request = rb.Request(VERSION, "web")
+    a, b = ("graph", graph("MatMul")), ("layers", dense_model())
+    key = rb.spec_key(request, [a, b])
+    assert rb.spec_key(request, [b, a, a]) == key, "order and repeats change nothing"
+    quantized = ("graph", {**graph("MatMul"), "weightsManifest": [{"paths": ["q.bin"]}]})
+    assert rb.spec_key(request, [quantized, b]) == key, "weights change nothing"
+    assert rb.spec_key(request, [("graph", graph("Conv2D")), b]) != key
+    assert rb.spec_key(rb.Request(VERSION, "wechat"), [a, b]) != key

@@ -7,6 +7,7 @@ checks is a miss, so a damaged cache means a rebuild, never a failed build.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
@@ -16,7 +17,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,12 @@ def source_files(model: ModelConfig) -> list[Path]:
     """Every file whose bytes make up the model's source."""
     path = model.input.path
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file())
+        # Dot-files (.DS_Store, editors' files) are never part of a model.
+        return sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
     if model.input.kind in (sources.TFJS_GRAPH, sources.TFJS_LAYERS):
         files = [path]
         try:
@@ -95,7 +101,7 @@ def fingerprint(model: ModelConfig, options: Mapping[str, Any]) -> str:
         _hash_file(h, model.samples)
     root = model.input.path if model.input.path.is_dir() else model.input.path.parent
     for file in source_files(model):
-        h.update(b"\0file\0" + str(file.relative_to(root)).encode() + b"\0")
+        h.update(b"\0file\0" + file.relative_to(root).as_posix().encode() + b"\0")
         _hash_file(h, file)
     return h.hexdigest()
 
@@ -142,7 +148,9 @@ class Entry:
         return doc
 
     def read(self, name: str) -> bytes:
-        """The bytes of one artifact file."""
+        """The bytes of one artifact file (KeyError for a name the entry does not list)."""
+        if name not in self.meta["files"]:
+            raise KeyError(f"{name} is not a file of the cache entry {self.folder}")
         if name not in self.contents:
             self.contents[name] = (self.folder / name).read_bytes()
         return self.contents[name]
@@ -181,17 +189,24 @@ class Entry:
 class Cache:
     """The cache folder: `<cache_dir>/models/<fingerprint>/`, and the shared store behind it
     (models/remote.py) when the manifest names one: a local miss is fetched from it, and a new
-    entry published to it. A store that cannot be reached is left alone for the rest of the
-    build; `unavailable` then says why, and the build goes on converting here."""
+    entry published to it. A store that cannot be read is left alone for the rest of the
+    build, and one that cannot be written (read-only credentials) is only read; `warnings`
+    then says so, and the build goes on making here what it could not fetch."""
 
     def __init__(
         self, root: Path, shared: RemoteCache | None = None, required: bool = False
     ) -> None:
         self.root = root
         self.shared = shared
-        self.required = required  # an unusable store is an error, not a warning
-        self.unavailable: str | None = None
+        self.required = required  # a store that cannot be read is an error, not a warning
+        self.unreadable: str | None = None
+        self.unwritable: str | None = None
         self._lock = threading.Lock()
+
+    @property
+    def warnings(self) -> list[str]:
+        """What went wrong with the shared store in this build, once each."""
+        return [w for w in (self.unreadable, self.unwritable) if w]
 
     def folder(self, key: str) -> Path:
         """Where the entry for a fingerprint lives."""
@@ -205,17 +220,24 @@ class Cache:
         try:
             meta = json.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))
             contents = {}
+            if not all(map(remote.FILE_NAME.match, meta["files"])):
+                raise ValueError("a file name is not a plain name")
             for name, digest in meta["files"].items():
                 contents[name] = (folder / name).read_bytes()
                 if _sha256(contents[name]) != digest:
                     raise ValueError(f"{name} does not match its hash")
             if _sha256((folder / VERIFY_FILE).read_bytes()) != meta["verify_sha256"]:
                 raise ValueError(f"{VERIFY_FILE} does not match its hash")
+            entry = Entry(folder, meta, contents)
+            if MODEL_JSON in contents:
+                groups = entry.doc.get("weightsManifest", [])
+                if not {p for g in groups for p in g["paths"]} <= set(contents):
+                    raise ValueError(f"{MODEL_JSON} names a weight file the entry lacks")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             log.warning("cache entry %s is damaged (%s); converting again", folder, err)
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        return Entry(folder, meta, contents)
+        return entry
 
     def put(
         self,
@@ -241,50 +263,70 @@ class Cache:
                 "verify_sha256": digest,
             }
             _write_json(tmp / ENTRY_FILE, full)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            written = {
+                **files,
+                ENTRY_FILE: (tmp / ENTRY_FILE).read_bytes(),
+                VERIFY_FILE: (tmp / VERIFY_FILE).read_bytes(),
+            }
+            _replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._publish(remote.entry(key), final)
+        self._publish(remote.entry(key), written)
         return Entry(final, full, dict(files))
 
     def share(self, entry: Entry) -> None:
         """Publish an entry again after it changed here (verification results, a reference)."""
-        self._publish(remote.entry(entry.folder.name), entry.folder)
+        if not self._reachable(writing=True):
+            return
+        try:
+            contents = {
+                **{name: entry.read(name) for name in entry.meta["files"]},
+                ENTRY_FILE: (entry.folder / ENTRY_FILE).read_bytes(),
+                VERIFY_FILE: (entry.folder / VERIFY_FILE).read_bytes(),
+            }
+        except OSError as err:  # another build on this folder replaced it meanwhile
+            log.debug("not sharing %s: %s", entry.folder, err)
+            return
+        self._publish(remote.entry(entry.folder.name), contents)
 
     def derived(
-        self, space: str, key: str, make: Callable[[], Mapping[str, bytes]]
+        self,
+        space: str,
+        key: str,
+        names: Collection[str],
+        make: Callable[[], Mapping[str, bytes]],
     ) -> dict[str, bytes]:
-        """Files a fixed step derives from inputs that hash to `key` (a tfjs runtime, a
-        compressed form): kept in `<root>/<space>/<key>/`, fetched from the shared store when
-        absent here, else made now by `make` and kept and published. A damaged copy is made
-        again; a cache that cannot be written only costs time."""
+        """The files `names` a fixed step derives from inputs that hash to `key` (a tfjs
+        runtime, a compressed form): kept in `<root>/<space>/<key>/`, fetched from the shared
+        store when absent here, else made now by `make` and kept and published. A damaged copy,
+        or one without all of `names`, is made again; a cache that cannot be written only costs
+        time."""
         folder = self.root / space / key
         found = _read_derived(folder)
-        if found is not None:
+        if found is not None and set(found) == set(names):
             return found
         index = remote.derived(space, key)
         fetched = self._fetch(index)
+        if fetched is not None and set(fetched) != set(names):
+            fetched = None
         files = fetched if fetched is not None else dict(make())
+        if found is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         try:
             index_file = json.dumps({n: _sha256(d) for n, d in files.items()}, sort_keys=True)
             _write_whole(folder, {**files, DERIVED_INDEX: index_file.encode()})
         except OSError as err:
             log.debug("cannot keep %s: %s", folder, err)  # only costs time
         if fetched is None:
-            self._publish(index, folder, files)
+            self._publish(index, files)
         return files
 
-    def _publish(
-        self, index: str, folder: Path, contents: Mapping[str, bytes] | None = None
-    ) -> None:
-        """Upload an entry's files (those in `folder` unless given) and then its index."""
-        if not self._reachable():
+    def _publish(self, index: str, contents: Mapping[str, bytes]) -> None:
+        """Upload an entry's files, then its index."""
+        if not self._reachable(writing=True):
             return
         assert self.shared is not None
-        if contents is None:
-            contents = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
         try:
             self.shared.publish(index, contents)
         except Unavailable as err:
@@ -313,25 +355,34 @@ class Cache:
             self._lost(err)
             return None
 
-    def _reachable(self) -> bool:
-        return self.shared is not None and self.unavailable is None
+    def _reachable(self, writing: bool = False) -> bool:
+        if self.shared is None or self.unreadable is not None:
+            return False
+        return not writing or self.unwritable is None
 
     def _lost(self, err: Unavailable) -> None:
         assert self.shared is not None
-        if self.required:
+        url = self.shared.url
+        if self.required and not err.writing:
             raise ToolError(
-                f"the shared cache {self.shared.url} could not be used ({err}), and "
-                "--require-cache forbids converting here; check AWS_ENDPOINT_URL and the "
-                "credentials, or build without --require-cache"
+                f"the shared cache {url} could not be read ({err}), and --require-cache "
+                "forbids building without it; check AWS_ENDPOINT_URL and the credentials, or "
+                "build without --require-cache"
             )
         with self._lock:  # the web target's threads may all lose it at once: said once
-            if self.unavailable is not None:
+            if err.writing and self.unwritable is None:
+                said = self.unwritable = (
+                    f"the shared cache {url} could not be written ({err}); what this build "
+                    f"made is kept in {self.root} only"
+                )
+            elif not err.writing and self.unreadable is None:
+                said = self.unreadable = (
+                    f"the shared cache {url} could not be read ({err}); this build made here "
+                    f"what it could not fetch, and keeps it in {self.root}"
+                )
+            else:
                 return
-            self.unavailable = (
-                f"the shared cache {self.shared.url} could not be used ({err}); this build "
-                f"converted here, and keeps what it made in {self.root}"
-            )
-        log.warning("%s", self.unavailable)
+        log.warning("%s", said)
 
 
 def open_cache(config: Any) -> Cache:
@@ -355,6 +406,24 @@ def _read_derived(folder: Path) -> dict[str, bytes] | None:
         shutil.rmtree(folder, ignore_errors=True)
         return None
     return files
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Move the folder `tmp` into `final`'s place, replacing what is there: the old folder is
+    first renamed aside, so a build reading it meanwhile sees it whole or not at all."""
+    try:
+        os.replace(tmp, final)
+        return
+    except OSError:
+        if not final.exists():
+            raise
+    aside = Path(tempfile.mkdtemp(prefix=f".{final.name[:8]}-old-", dir=final.parent))
+    try:
+        with contextlib.suppress(FileNotFoundError):  # another build removed it meanwhile
+            os.replace(final, aside / "old")
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _write_whole(folder: Path, files: Mapping[str, bytes]) -> None:

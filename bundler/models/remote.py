@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Mapping
@@ -31,11 +32,18 @@ INDEX_FORMAT = 1
 FILE_NAME = re.compile(r"^(?!\.\.?$)[A-Za-z0-9._-]{1,255}$")
 # Connections kept open to the store: an entry's blobs are fetched at once, and the web target
 # fetches its compressed forms in threads.
-POOL_CONNECTIONS = 16
+POOL_CONNECTIONS = max(16, os.cpu_count() or 1)
+# What S3-compatible stores answer for a key that is not there.
+MISSING = ("NoSuchKey", "404", "NotFound")
 
 
 class Unavailable(Exception):
-    """The store cannot be reached or refuses us; the message says what it answered."""
+    """The store cannot be reached or refuses us; the message says what it answered, and
+    `writing` whether it happened while publishing (what was read here is not in doubt)."""
+
+    def __init__(self, message: str, writing: bool = False) -> None:
+        super().__init__(message)
+        self.writing = writing
 
 
 def parse(url: str) -> tuple[str, str] | None:
@@ -84,11 +92,15 @@ class RemoteCache:
         if data is None:
             return None
         try:
-            files = json.loads(data)["files"]
+            doc = json.loads(data)
+            files = doc["files"]
             if not isinstance(files, dict) or not all(map(FILE_NAME.match, files)):
                 raise TypeError("files is not an object of plain file names")
         except (ValueError, KeyError, TypeError):
             log.warning("the shared cache's %s is damaged; making it here", index)
+            return None
+        if doc.get("format") != INDEX_FORMAT:
+            log.info("the shared cache's %s has another format; making it here", index)
             return None
         keys = [self._blob(digest) for digest in files.values()]
         if len(keys) > 1:
@@ -102,7 +114,9 @@ class RemoteCache:
             blob = blobs[name]
             if blob is None or hashlib.sha256(blob).hexdigest() != digest:
                 log.warning(
-                    "the shared cache's copy of %s (%s) is damaged; making it here", name, index
+                    "the shared cache's copy of %s (%s) is missing or damaged; making it here",
+                    name,
+                    index,
                 )
                 return None
             self._present.add(digest)
@@ -129,38 +143,30 @@ class RemoteCache:
         return f"{self.prefix}blobs/{digest}"
 
     def _get(self, key: str) -> bytes | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            body: bytes = self._s3().get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise Unavailable(_said(err)) from err
-        except BotoCoreError as err:
-            raise Unavailable(_said(err)) from err
+        body: bytes | None = self._request("get_object", False, Key=key)
         return body
 
     def _etag(self, key: str) -> str | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            head = self._s3().head_object(Bucket=self.bucket, Key=key)
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise Unavailable(_said(err)) from err
-        except BotoCoreError as err:
-            raise Unavailable(_said(err)) from err
-        return str(head.get("ETag", "")).strip('"')
+        head = self._request("head_object", True, Key=key)
+        return None if head is None else str(head.get("ETag", "")).strip('"')
 
     def _put(self, key: str, data: bytes) -> None:
+        self._request("put_object", True, Key=key, Body=data)
+
+    def _request(self, operation: str, writing: bool, **params: Any) -> Any:
+        """One request to the store: its answer (a GET's body), or None when the key is absent;
+        Unavailable when the store cannot be reached or refuses (`writing`: while publishing)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self._s3().put_object(Bucket=self.bucket, Key=key, Body=data)
-        except (BotoCoreError, ClientError) as err:
-            raise Unavailable(_said(err)) from err
+            answer = getattr(self._s3(), operation)(Bucket=self.bucket, **params)
+            return answer["Body"].read() if operation == "get_object" else answer
+        except ClientError as err:
+            if operation != "put_object" and _code(err) in MISSING:
+                return None
+            raise Unavailable(_said(err), writing) from err
+        except (BotoCoreError, ValueError) as err:  # ValueError: boto3 on a malformed endpoint
+            raise Unavailable(_said(err), writing) from err
 
 
 def entry(key: str) -> str:
@@ -171,6 +177,10 @@ def entry(key: str) -> str:
 def derived(space: str, key: str) -> str:
     """The index of files derived by a fixed step, in `space`, from inputs hashed to `key`."""
     return f"derived/{space}/{key}"
+
+
+def _code(err: Any) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
 
 
 def _said(err: BaseException) -> str:

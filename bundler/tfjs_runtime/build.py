@@ -217,6 +217,9 @@ def key(spec: Spec) -> str:
         "graph_ops": list(spec.graph_ops),
         "entry": entry(spec),
         "builder": RUNNER.read_text(encoding="utf-8"),
+        # What else shapes the file (the job, the banner, the language level, the backends),
+        # all in this module's code.
+        "code": Path(__file__).read_text(encoding="utf-8"),
         "esbuild": ESBUILD_VERSION,
         "fetch_wechat": FETCH_WECHAT_VERSION,
     }
@@ -246,7 +249,7 @@ def for_models(
     def made() -> dict[str, bytes]:
         return {SPEC_FILE: json.dumps(spec(request, models, packages()).to_json()).encode()}
 
-    kept = store.derived(SPEC_SPACE, spec_key(request, models), made)
+    kept = store.derived(SPEC_SPACE, spec_key(request, models), [SPEC_FILE], made)
     return build(Spec.from_json(json.loads(kept[SPEC_FILE])), packages, store, say)
 
 
@@ -256,9 +259,12 @@ def spec_key(request: Request, models: Sequence[tuple[str, Mapping[str, Any]]]) 
     facts = {
         "format": FORMAT,
         "request": [request.version, request.flavour],
-        "packages": tools(request.version).packages,
-        # The topology only: the kernels come from its ops and layers, not from the weights.
-        "models": [[fmt, doc.get("modelTopology")] for fmt, doc in models],
+        "packages": tfjs(request.version).packages,
+        # The topologies only (the kernels come from their ops and layers, not the weights),
+        # as a set: the models' order, or a model shipped twice, changes nothing.
+        "models": sorted(
+            {json.dumps([fmt, doc.get("modelTopology")], sort_keys=True) for fmt, doc in models}
+        ),
         "code": [path.read_text(encoding="utf-8") for path in SPEC_CODE],
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
@@ -282,7 +288,7 @@ def build(
         code, skipped = _run(spec, packages())
         return {CODE_FILE: code, META_FILE: json.dumps({"skipped": skipped}).encode()}
 
-    files = store.derived(CACHE_SPACE, key(spec), made)
+    files = store.derived(CACHE_SPACE, key(spec), [CODE_FILE, META_FILE], made)
     return Runtime(spec, files[CODE_FILE], tuple(json.loads(files[META_FILE])["skipped"]))
 
 

@@ -219,7 +219,8 @@ class Compressor:
     def _kept(self, data: bytes, kind: str, make: Callable[[], bytes]) -> bytes:
         if len(data) < limits.KEPT_COMPRESSED_MIN_BYTES:
             return make()
-        form = self.store.derived(CACHE_SPACE, f"{_digest(data)}.{kind}", lambda: {kind: make()})
+        key = f"{_digest(data)}.{kind}"
+        form = self.store.derived(CACHE_SPACE, key, [kind], lambda: {kind: make()})
         return form[kind]
 
 
