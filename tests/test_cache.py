@@ -353,3 +353,27 @@ def test_derived_files_in_a_cache_that_cannot_be_written(tmp_path: Path) -> None
     assert store.derived("compressed", "k1", ["form"], lambda: {"form": b"made"}) == {
         "form": b"made"
     }
+
+
+def test_an_entry_removed_by_another_build_is_updated_in_memory_only(store: Cache) -> None:
+    entry = store.get(KEY)
+    assert entry is not None
+    import shutil
+
+    shutil.rmtree(store.folder(KEY))
+    updated = entry.with_errors({"4.22.0": {"max_abs_error": 0.0}})
+    assert updated.meta["errors"] == {"4.22.0": {"max_abs_error": 0.0}}
+    assert not store.folder(KEY).exists()
+    assert [p.name for p in store.folder(KEY).parent.iterdir()] == []
+
+
+def test_an_update_replaces_the_folder_whole_and_links_the_rest(store: Cache) -> None:
+    entry = store.get(KEY)
+    assert entry is not None
+    shard = store.folder(KEY) / "group1-shard1of1.bin"
+    inode = shard.stat().st_ino
+    entry.with_reference(REFERENCE, "tfjs 4.22.0")
+    again = store.get(KEY)
+    assert again is not None and again.meta["reference_from"] == "tfjs 4.22.0"
+    assert shard.stat().st_ino == inode, "unchanged files are linked, not copied"
+    assert [p.name for p in store.folder(KEY).parent.iterdir()] == [KEY]

@@ -395,3 +395,30 @@ def test_a_store_that_refuses_writes_is_still_read(
         f"the shared cache {URL} could not be written (An error occurred (AccessDenied) when "
         f"calling PutObject); what this build made is kept in {root / '.bundler-cache'} only"
     ]
+
+
+@needs_node
+def test_two_builds_at_once_on_one_cache_folder(tmp_path: Path) -> None:
+    """Two jobs on one runner (or `bundler watch` and a build) sharing one local cache."""
+    roots = [checkout(tmp_path / name) for name in ("a", "b")]
+    for root in roots:
+        text = (root / "bundle.toml").read_text()
+        text = text.replace(f'cache_dir = "{URL}"', f'cache_dir = "{tmp_path / "cache"}"')
+        (root / "bundle.toml").write_text(text)
+    bundler = Path(sys.executable).with_name("bundler")
+    for _ in range(2):  # cold, then both reusing what they made
+        procs = [
+            subprocess.Popen(
+                [str(bundler), "build", str(root / "bundle.toml")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for root in roots
+        ]
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err.decode()
+            assert b"damaged" not in err, err.decode()
+        assert tree(roots[0] / "dist") == tree(roots[1] / "dist")
+    leftovers = [p.name for p in (tmp_path / "cache").rglob(".*")]
+    assert leftovers == []

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import io
 import json
 import logging
 import os
@@ -169,20 +170,37 @@ class Entry:
         """Keep the source model's outputs for the verification inputs, and what ran it (a
         tfjs source has no TensorFlow reference: a stock tfjs runtime measures it once)."""
         inputs, _ = self.verify_data()
-        digest = _write_verify(self.folder, inputs, list(reference))
+        verify = _verify_npz(inputs, list(reference))
         meta = {
             **self.meta,
             "verify_outputs": len(reference),
-            "verify_sha256": digest,
+            "verify_sha256": _sha256(verify),
             "reference_from": source,
         }
-        _write_json(self.folder / ENTRY_FILE, meta)
-        return Entry(self.folder, meta, self.contents)
+        return self._rewritten(meta, {VERIFY_FILE: verify})
 
     def with_errors(self, errors: Mapping[str, Any]) -> Entry:
         """Record verification results (runtime id → Metrics.to_json()) in the entry."""
         meta = {**self.meta, "errors": {**self.meta.get("errors", {}), **errors}}
-        _write_json(self.folder / ENTRY_FILE, meta)
+        return self._rewritten(meta, {})
+
+    def _rewritten(self, meta: dict[str, Any], changed: Mapping[str, bytes]) -> Entry:
+        """The entry with `meta` and the `changed` files, written as a new folder (the other
+        files linked into it) that replaces this one whole: another build reading it sees the
+        old entry or the new one. A folder that cannot be written keeps the change in memory."""
+        changed = {**changed, ENTRY_FILE: _json_bytes(meta)}
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.folder.name[:8]}-", dir=self.folder.parent))
+        try:
+            for name in [*meta["files"], VERIFY_FILE]:
+                if name not in changed:
+                    os.link(self.folder / name, tmp / name)
+            for name, data in changed.items():
+                (tmp / name).write_bytes(data)
+            _replace(tmp, self.folder)
+        except OSError as err:
+            log.debug("cannot update %s: %s", self.folder, err)  # another build replaced it
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return Entry(self.folder, meta, self.contents)
 
 
@@ -218,26 +236,15 @@ class Cache:
         if not folder.is_dir() and not self._pull(remote.entry(key), folder):
             return None
         try:
-            meta = json.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))
-            contents = {}
-            if not all(map(remote.FILE_NAME.match, meta["files"])):
-                raise ValueError("a file name is not a plain name")
-            for name, digest in meta["files"].items():
-                contents[name] = (folder / name).read_bytes()
-                if _sha256(contents[name]) != digest:
-                    raise ValueError(f"{name} does not match its hash")
-            if _sha256((folder / VERIFY_FILE).read_bytes()) != meta["verify_sha256"]:
-                raise ValueError(f"{VERIFY_FILE} does not match its hash")
-            entry = Entry(folder, meta, contents)
-            if MODEL_JSON in contents:
-                groups = entry.doc.get("weightsManifest", [])
-                if not {p for g in groups for p in g["paths"]} <= set(contents):
-                    raise ValueError(f"{MODEL_JSON} names a weight file the entry lacks")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            return _read_entry(folder)
+        except _READ_ERRORS:
+            pass  # perhaps another build replaced it as we read: once more
+        try:
+            return _read_entry(folder)
+        except _READ_ERRORS as err:
             log.warning("cache entry %s is damaged (%s); converting again", folder, err)
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        return entry
 
     def put(
         self,
@@ -248,32 +255,18 @@ class Cache:
         reference: list[np.ndarray[Any, Any]],
     ) -> Entry:
         """Store an entry whole: written beside its place, then renamed into it."""
-        final = self.folder(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=final.parent))
-        try:
-            for name, data in files.items():
-                (tmp / name).write_bytes(data)
-            digest = _write_verify(tmp, verify_inputs, reference)
-            full = {
-                **meta,
-                "files": {name: _sha256(data) for name, data in files.items()},
-                "verify_inputs": [n for n, _ in verify_inputs],
-                "verify_outputs": len(reference),
-                "verify_sha256": digest,
-            }
-            _write_json(tmp / ENTRY_FILE, full)
-            written = {
-                **files,
-                ENTRY_FILE: (tmp / ENTRY_FILE).read_bytes(),
-                VERIFY_FILE: (tmp / VERIFY_FILE).read_bytes(),
-            }
-            _replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        verify = _verify_npz(verify_inputs, reference)
+        full = {
+            **meta,
+            "files": {name: _sha256(data) for name, data in files.items()},
+            "verify_inputs": [n for n, _ in verify_inputs],
+            "verify_outputs": len(reference),
+            "verify_sha256": _sha256(verify),
+        }
+        written = {**files, VERIFY_FILE: verify, ENTRY_FILE: _json_bytes(full)}
+        _write_whole(self.folder(key), written, replace=True)
         self._publish(remote.entry(key), written)
-        return Entry(final, full, dict(files))
+        return Entry(self.folder(key), full, dict(files))
 
     def share(self, entry: Entry) -> None:
         """Publish an entry again after it changed here (verification results, a reference)."""
@@ -392,6 +385,29 @@ def open_cache(config: Any) -> Cache:
     return Cache(config.project.cache_dir, shared, config.project.require_cache)
 
 
+_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def _read_entry(folder: Path) -> Entry:
+    """A model entry, its files checked against their hashes; one of _READ_ERRORS if not."""
+    meta = json.loads((folder / ENTRY_FILE).read_text(encoding="utf-8"))
+    if not all(map(remote.FILE_NAME.match, meta["files"])):
+        raise ValueError("a file name is not a plain name")
+    contents = {}
+    for name, digest in meta["files"].items():
+        contents[name] = (folder / name).read_bytes()
+        if _sha256(contents[name]) != digest:
+            raise ValueError(f"{name} does not match its hash")
+    if _sha256((folder / VERIFY_FILE).read_bytes()) != meta["verify_sha256"]:
+        raise ValueError(f"{VERIFY_FILE} does not match its hash")
+    entry = Entry(folder, meta, contents)
+    if MODEL_JSON in contents:
+        groups = entry.doc.get("weightsManifest", [])
+        if not {p for g in groups for p in g["paths"]} <= set(contents):
+            raise ValueError(f"{MODEL_JSON} names a weight file the entry lacks")
+    return entry
+
+
 def _read_derived(folder: Path) -> dict[str, bytes] | None:
     """A derived entry's files, or None when absent or damaged (then it is removed)."""
     if not folder.is_dir():
@@ -426,42 +442,40 @@ def _replace(tmp: Path, final: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def _write_whole(folder: Path, files: Mapping[str, bytes]) -> None:
-    """Write a folder whole: beside its place, then renamed into it. A folder another build put
-    in place first is kept."""
+def _write_whole(folder: Path, files: Mapping[str, bytes], replace: bool = False) -> None:
+    """Write a folder whole: beside its place, then renamed into it. A folder already there
+    (another build put it first) is kept, or with `replace` replaced whole."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name[:8]}-", dir=folder.parent))
     try:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        os.replace(tmp, folder)
+        if replace:
+            _replace(tmp, folder)
+        else:
+            os.replace(tmp, folder)
     except OSError:
-        if not folder.is_dir():
+        if replace or not folder.is_dir():
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_verify(
-    folder: Path,
+def _verify_npz(
     inputs: Sequence[tuple[str, np.ndarray[Any, Any]]],
     reference: Sequence[np.ndarray[Any, Any]],
-) -> str:
-    """Write verify.npz (atomically); return its sha256."""
+) -> bytes:
+    """verify.npz's bytes: the verification inputs, and the reference outputs."""
     arrays = {f"input{i}": a for i, (_, a) in enumerate(inputs)}
     arrays.update({f"output{i}": a for i, a in enumerate(reference)})
-    tmp = folder / (VERIFY_FILE + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    digest = _sha256(tmp.read_bytes())
-    os.replace(tmp, folder / VERIFY_FILE)
-    return digest
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, indent=1, sort_keys=True).encode("utf-8")
