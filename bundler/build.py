@@ -41,6 +41,7 @@ class Result:
     written: bool
     converted: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    fetched: list[str] = field(default_factory=list)  # of the reused, those from the store
     seconds: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
@@ -48,6 +49,7 @@ class Result:
         run = {
             "converted": self.converted,
             "reused": self.reused,
+            "fetched": self.fetched,
             "written": self.written,
             "seconds": round(self.seconds, 3),
         }
@@ -120,6 +122,7 @@ def build(config: Config, progress: Progress | None = None) -> Result:
         written=written,
         converted=list(dict.fromkeys(loaded.converted)),
         reused=[n for n in dict.fromkeys(loaded.reused) if n not in loaded.converted],
+        fetched=[n for n in dict.fromkeys(loaded.fetched) if n not in loaded.converted],
         seconds=time.perf_counter() - started,
     )
 

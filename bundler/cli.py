@@ -210,7 +210,7 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
                 str(m.tfjs.shards),
                 _error(m.max_abs_error.get(v) for v in tfjs_versions(m.max_abs_error)),
                 _top1(m.top1_agreement.get(v) for v in tfjs_versions(m.max_abs_error)),
-                "converted" if m.name in result.converted else "cached",
+                _origin(result, m.name),
             )
         out.print(table)
     for m in tfjs:
@@ -239,7 +239,7 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
                     _escape(facts.get("quantization", "float32")),
                     _error([facts["max_abs_error"]]),
                     _top1([facts.get("top1_agreement")]),
-                    "converted" if m.name in result.converted else "cached",
+                    _origin(result, m.name),
                 )
         out.print(table)
     wechat = report.target_reports.get("wechat")
@@ -291,6 +291,13 @@ def _print_report(out: Console, result: Any, out_dir: Path) -> None:
         out.print(f"wrote {where} in {result.seconds:.1f}s")
     else:
         out.print(f"{where} is up to date ({result.seconds:.1f}s, nothing written)")
+
+
+def _origin(result: Any, name: str) -> str:
+    """Where a model's files came from in this build."""
+    if name in result.converted:
+        return "converted"
+    return "shared" if name in result.fetched else "cached"
 
 
 def _watch(args: argparse.Namespace, err: Console) -> int:

@@ -105,7 +105,8 @@ def test_a_second_checkout_converts_and_verifies_nothing(
     monkeypatch.setenv("BUNDLER_NODE_CACHE", str(tmp_path / "node"))
     said: list[str] = []
     second = build.build(manifest.load(checkout(tmp_path / "b") / "bundle.toml"), said.append)
-    assert second.converted == [] and second.reused == ["starter"]
+    assert second.converted == [] and second.reused == second.fetched == ["starter"]
+    assert "fetched starter from the shared cache" in said
     assert not [
         line
         for line in said
@@ -326,7 +327,7 @@ def test_manifests_sharing_a_model_convert_it_once(aws: str, tmp_path: Path) -> 
     (root / "bundle.toml").write_text(text)
     said: list[str] = []
     other = build.build(manifest.load(root / "bundle.toml"), said.append)
-    assert other.converted == [] and other.reused == ["digits"]
+    assert other.converted == [] and other.reused == other.fetched == ["digits"]
     assert not [line for line in said if line.startswith(("verifying", "running the source"))]
     assert other.report.models[0].name == "digits"
 
@@ -389,7 +390,7 @@ def test_a_store_that_refuses_writes_is_still_read(
         )
     config = manifest.requiring_cache(manifest.load(root / "bundle.toml"))
     result = build.build(config)
-    assert result.converted == ["small"] and result.reused == ["starter"]
+    assert result.converted == ["small"] and result.reused == result.fetched == ["starter"]
     said = [w for w in result.report.warnings if "shared cache" in w]
     assert said == [
         f"the shared cache {URL} could not be written (An error occurred (AccessDenied) when "
@@ -422,3 +423,23 @@ def test_two_builds_at_once_on_one_cache_folder(tmp_path: Path) -> None:
         assert tree(roots[0] / "dist") == tree(roots[1] / "dist")
     leftovers = [p.name for p in (tmp_path / "cache").rglob(".*")]
     assert leftovers == []
+
+
+@needs_node
+def test_the_table_says_which_models_came_from_the_store(
+    aws: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bundler.cli import main
+
+    build.build(manifest.load(checkout(tmp_path / "a") / "bundle.toml"))
+    monkeypatch.chdir(checkout(tmp_path / "b"))
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["build", "bundle.toml"]) == 0
+    captured = capsys.readouterr()
+    rows = [line.split() for line in captured.out.splitlines() if line.startswith("starter")]
+    assert rows and rows[0][-1] == "shared"
+    assert "fetched starter from the shared cache" in captured.err
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["build", "bundle.toml"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if "starter" in line]
+    assert rows and rows[0][0] == "starter" and rows[0][-1] == "cached"

@@ -219,6 +219,7 @@ class Cache:
         self.required = required  # a store that cannot be read is an error, not a warning
         self.unreadable: str | None = None
         self.unwritable: str | None = None
+        self.fetched: set[str] = set()  # the entries this build took from the shared store
         self._lock = threading.Lock()
 
     @property
@@ -233,8 +234,10 @@ class Cache:
     def get(self, key: str) -> Entry | None:
         """The entry for a fingerprint, or None if absent or damaged (then it is removed)."""
         folder = self.folder(key)
-        if not folder.is_dir() and not self._pull(remote.entry(key), folder):
-            return None
+        if not folder.is_dir():
+            if not self._pull(remote.entry(key), folder):
+                return None
+            self.fetched.add(key)
         try:
             return _read_entry(folder)
         except _READ_ERRORS:

@@ -79,7 +79,8 @@ def load(
     config: Config, chosen: Sequence[Target], say: Progress, done: Done
 ) -> dict[str, dict[str, Export]]:
     """Every export target's files for every model (target → model name → Export), through
-    `done.store`; the names of the models exported and reused go to `done`'s lists.
+    `done.store`; the names of the models exported, reused and fetched from the shared store
+    go to `done`'s lists.
 
     The models to export run in worker processes, as many at once as the machine has cores
     (each conversion keeps one core busy, and TensorFlow's converters hold Python's lock, so
@@ -98,8 +99,11 @@ def load(
             (done.reused if entry is not None else done.converted).append(m.name)
             if entry is None:
                 todo.append(_Job(target.name, m.name, key))
-            else:
-                entries[target.name, m.name] = entry
+                continue
+            entries[target.name, m.name] = entry
+            if key in store.fetched:
+                done.fetched.append(m.name)
+                say(f"fetched {m.name} ({exporter.kind}) from the shared cache")
     for job, made in _run(config, todo, say):
         meta = {"facts": dict(made.facts)}
         entries[job.target, job.model] = store.put(job.key, made.files, meta, [], [])
@@ -121,6 +125,7 @@ class Done(Protocol):
 
     converted: list[str]
     reused: list[str]
+    fetched: list[str]
     store: Cache
 
 

@@ -50,6 +50,7 @@ class Loaded:
     entries: dict[str, Entry] = field(default_factory=dict)
     converted: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    fetched: list[str] = field(default_factory=list)  # reused, from the shared store
     warnings: list[str] = field(default_factory=list)
 
 
@@ -115,6 +116,9 @@ def _entry(
     entry = store.get(key)
     if entry is not None:
         loaded.reused.append(model.name)
+        if key in store.fetched:
+            loaded.fetched.append(model.name)
+            say(f"fetched {model.name} from the shared cache")
         return entry
     say(
         f"converting {model.name} ({model.input.kind} → {model.format}, "
