@@ -295,3 +295,50 @@ def test_cache_dir_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert runtimes.node_cache_dir() == tmp_path / "home" / ".cache" / "model-bundler" / "node"
+
+
+def _job(rows: int, chunk: int, name: str = "m", other_batch: bool = True) -> NodeJob:
+    x = np.arange(rows * 2, dtype=np.float32).reshape(rows, 2)
+    return NodeJob(name, Path(f"{name}.json"), "graph", (("x", x),), other_batch, chunk)
+
+
+def test_many_rows_are_split_over_processes_at_whole_chunks() -> None:
+    from bundler.models.verify_node import _plan
+
+    plan = _plan([_job(200, 32), _job(5, 32, "small"), _job(40, 0, "at-once")], 2)
+    assert len(plan) == 2
+    parts = {(job.id, index): job for process in plan for job, index in process}
+    first, second = parts["m", 0], parts["m", 1]
+    # 7 chunks of 32: 4 and 3, every predict call as in one process
+    assert (len(first.inputs[0][1]), len(second.inputs[0][1])) == (128, 72)
+    joined = np.concatenate([first.inputs[0][1], second.inputs[0][1]])
+    np.testing.assert_array_equal(joined, _job(200, 32).inputs[0][1])
+    assert first.other_batch and not second.other_batch
+    # too few rows, or no chunks: whole, on the least loaded process
+    assert ("small", 0) in parts and ("at-once", 0) in parts
+    assert ("small", 1) not in parts and ("at-once", 1) not in parts
+    alone = _job(200, 32)
+    [[(job, index)]] = _plan([alone], 1)
+    assert job is alone and index == 0
+    # a fixed batch of 8 with 20 rows: parts of at least 16 rows are not possible
+    assert len(_plan([_job(20, 8)], 2)) == 1
+
+
+@pytest.mark.slow
+@needs_node
+@pytest.mark.parametrize("fmt", ["graph", "layers"])
+def test_split_rows_give_the_same_bits_as_one_process(
+    models: Models, tfjs_installed: dict[str, Path], fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_json = models.graph_json if fmt == "graph" else models.layers_json
+    x = np.random.default_rng(3).normal(size=(100, 8)).astype(np.float32)
+    job = NodeJob("dense", model_json, fmt, (("x", x),), True, 16, fmt == "layers")
+    results = {}
+    for jobs in ("1", "3"):
+        monkeypatch.setenv("BUNDLER_JOBS", jobs)
+        [results[jobs]] = run_in_tfjs([job], "4.22.0")
+    one, three = results["1"], results["3"]
+    assert one.outputs is not None and three.outputs is not None
+    assert one.outputs[0].shape == three.outputs[0].shape == (100, 3)
+    assert one.outputs[0].tobytes() == three.outputs[0].tobytes()
+    assert (one.batch_rows, one.batch_diff) == (three.batch_rows, three.batch_diff)

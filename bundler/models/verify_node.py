@@ -1,12 +1,16 @@
-"""Run converted models in the real @tensorflow/tfjs runtime under Node, one process per batch."""
+"""Run converted models in the real @tensorflow/tfjs runtime under Node, a process per core."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from bundler.errors import ToolError
+from bundler.models import exports
 from bundler.runtimes import NO_NODE, ensure_tfjs, run_tool, tail
 
 __all__ = ["NodeJob", "NodeResult", "run_in_tfjs"]
@@ -26,6 +31,11 @@ RUN_TIMEOUT_S = 600.0
 # The rows run again in batches of one row: enough to take tfjs-layers' split-and-concat path
 # (any batch past one row does, with batchSize 1) without doubling the time of many samples.
 OTHER_BATCH_ROWS = 4
+# A model's rows are split over Node processes only in parts of at least this many: each
+# part loads the runtime and the model again.
+MIN_PART_ROWS = 16
+_SLOTS: threading.BoundedSemaphore | None = None  # Node processes at once, over all threads
+_SLOTS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -163,13 +173,105 @@ def _to_result(job_id: str, record: dict[str, Any]) -> NodeResult:
 def run_in_tfjs(
     jobs: Sequence[NodeJob], tfjs_version: str, runtime_code: bytes | None = None, fmt: str = ""
 ) -> list[NodeResult]:
-    """Run every job in one Node process, with tfjs at that version from npm, or in the file
-    `runtime_code` (`fmt` "cjs": a module exporting `{tf}`; "iife": a script that sets `tf`)."""
+    """Run every job in Node, with tfjs at that version from npm, or in the file
+    `runtime_code` (`fmt` "cjs": a module exporting `{tf}`; "iife": a script that sets `tf`).
+
+    The work is spread over one Node process per core (`exports.jobs()`): models apart, and
+    the rows of a model with many (the user's samples) in parts cut at its `chunk_rows`, so
+    every predict call sees the rows it would see in one process and the outputs are the same
+    bits. Processes of every thread share the cores (runtimes verify in parallel threads).
+    """
     if not jobs:
         return []
     ids = [job.id for job in jobs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"job ids must be unique, got {ids}")
+    if shutil.which("node") is None:
+        raise ToolError(NO_NODE)
+    plan = _plan(jobs, exports.jobs())
+
+    def run(part: list[tuple[NodeJob, int]]) -> list[NodeResult]:
+        with _slots():
+            return _run_process([job for job, _ in part], tfjs_version, runtime_code, fmt)
+
+    if len(plan) == 1:
+        done = [run(plan[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=len(plan)) as pool:
+            done = list(pool.map(run, plan))
+    parts: dict[str, dict[int, NodeResult]] = {}
+    for part, results in zip(plan, done, strict=True):
+        for (job, index), result in zip(part, results, strict=True):
+            parts.setdefault(job.id, {})[index] = result
+    return [_joined([parts[i][n] for n in sorted(parts[i])]) for i in ids]
+
+
+def _plan(jobs: Sequence[NodeJob], processes: int) -> list[list[tuple[NodeJob, int]]]:
+    """The jobs spread over at most `processes` Node processes: per process, (job or part of
+    one, the part's index in row order)."""
+    if processes <= 1:
+        return [[(job, 0) for job in jobs]]
+    plan: list[list[tuple[NodeJob, int]]] = [[] for _ in range(processes)]
+    load = [0] * processes
+    whole = []
+    for job in jobs:
+        rows, chunk = _rows(job), job.chunk_rows
+        chunks = -(-rows // chunk) if chunk > 0 else 1
+        count = min(processes, chunks, rows // MIN_PART_ROWS)
+        if count < 2:
+            whole.append(job)
+            continue
+        per = -(-chunks // count) * chunk  # rows per part, whole chunks
+        for index, start in enumerate(range(0, rows, per)):
+            part = dataclasses.replace(
+                job,
+                inputs=tuple((name, array[start : start + per]) for name, array in job.inputs),
+                other_batch=job.other_batch and index == 0,
+            )
+            plan[index].append((part, index))
+            load[index] += min(per, rows - start)
+    for job in sorted(whole, key=_rows, reverse=True):
+        least = load.index(min(load))
+        plan[least].append((job, 0))
+        load[least] += _rows(job)
+    return [part for part in plan if part]
+
+
+def _rows(job: NodeJob) -> int:
+    return int(np.shape(job.inputs[0][1])[0]) if job.inputs and np.ndim(job.inputs[0][1]) else 1
+
+
+def _joined(parts: Sequence[NodeResult]) -> NodeResult:
+    """One job's result from its parts' (row order): the first failure, or the outputs joined."""
+    failed = [r for r in parts if r.outputs is None]
+    if failed or len(parts) == 1:
+        return failed[0] if failed else parts[0]
+    outputs = [r.outputs for r in parts if r.outputs is not None]
+    return dataclasses.replace(
+        parts[0],
+        outputs=tuple(np.concatenate(column, axis=0) for column in zip(*outputs, strict=True)),
+        load_ms=max(r.load_ms for r in parts),
+        predict_ms=sum(r.predict_ms for r in parts),
+    )
+
+
+@contextlib.contextmanager
+def _slots() -> Iterator[None]:
+    """One of the cores' Node processes, for as long as one runs."""
+    global _SLOTS
+    with _SLOTS_LOCK:
+        if _SLOTS is None:
+            _SLOTS = threading.BoundedSemaphore(exports.jobs())
+        slots = _SLOTS
+    with slots:
+        yield
+
+
+def _run_process(
+    jobs: Sequence[NodeJob], tfjs_version: str, runtime_code: bytes | None, fmt: str
+) -> list[NodeResult]:
+    """Run the jobs in one Node process."""
+    ids = [job.id for job in jobs]
     node = shutil.which("node")
     if node is None:
         raise ToolError(NO_NODE)
