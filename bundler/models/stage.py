@@ -19,7 +19,7 @@ from typing import Any
 
 from bundler.errors import ModelError, VerifyError
 from bundler.manifest import Config, ModelConfig, Quantize
-from bundler.models import auto, cache, exports, pack, samples
+from bundler.models import auto, cache, pack, samples
 from bundler.models.artifacts import (
     BROTLI_SUFFIX,
     MODEL_JSON,
@@ -32,7 +32,7 @@ from bundler.models.artifacts import (
 from bundler.models.cache import Cache, Entry
 from bundler.models.convert import Converted
 from bundler.models.sources import TFJS_GRAPH, TFJS_LAYERS
-from bundler.models.verify import Check, Metrics, Runtime, source_outputs, verify
+from bundler.models.verify import Check, Metrics, Runtime, judge, run, source_outputs
 
 log = logging.getLogger(__name__)
 
@@ -237,21 +237,43 @@ def verify_all(
                 "the tfjs runtime loads it and predicts what the source model predicts"
             )
     entries = loaded.entries
-    _references(checked, entries, runtimes, say)
-    jobs: list[tuple[Runtime, list[ModelConfig], list[Check]]] = []
+    jobs: list[tuple[Runtime, list[ModelConfig]]] = []
     for rt in runtimes:
         todo = [m for m in checked if rt.id not in entries[m.name].meta["errors"]]
         if todo:
-            jobs.append((rt, todo, [_check(m, entries[m.name]) for m in todo]))
-    # One Node process per runtime, as many at once as there are cores.
-    tasks = [functools.partial(verify, checks, rt, progress=say) for rt, _, checks in jobs]
-    labels = [f"verifying {', '.join(m.name for m in todo)} in {rt.label}" for rt, todo, _ in jobs]
+            jobs.append((rt, todo))
+    # A tfjs source has no TensorFlow reference: its model.json runs once, in the stock
+    # runtime of the first version the build verifies in, while the runtimes run the
+    # bundle's files (the comparison waits for both).
+    lacking = {m.name for _, todo in jobs for m in todo}
+    sources = [
+        m for m in checked if m.name in lacking and entries[m.name].meta["verify_outputs"] == 0
+    ]
+    tasks: list[Callable[[], Any]] = []
+    labels = []
+    if sources:
+        version = runtimes[0].version
+        checks = [_check(m, entries[m.name]) for m in sources]
+        tasks.append(functools.partial(source_outputs, checks, version, say))
+        names = ", ".join(m.name for m in sources)
+        labels.append(f"running the source of {names} in tfjs {version} (the reference)")
+    for rt, todo in jobs:
+        checks = [_check(m, entries[m.name]) for m in todo]
+        tasks.append(functools.partial(run, checks, rt, say))
+        labels.append(f"verifying {', '.join(m.name for m in todo)} in {rt.label}")
     outcomes = _in_parallel(tasks, labels, say)
-    for (rt, todo, _), errors in zip(jobs, outcomes, strict=True):
+    if sources:
+        references = outcomes.pop(0)
+        for m in sources:
+            entries[m.name] = entries[m.name].with_reference(
+                references[m.name], f"tfjs {runtimes[0].version}"
+            )
+    for (rt, todo), results in zip(jobs, outcomes, strict=True):
+        errors = judge([_check(m, entries[m.name]) for m in todo], rt, results)
         for m in todo:
             entries[m.name] = entries[m.name].with_errors({rt.id: errors[m.name].to_json()})
     # The results travel with the entry to other machines.
-    for name in dict.fromkeys(m.name for _, todo, _ in jobs for m in todo):
+    for name in dict.fromkeys(m.name for _, todo in jobs for m in todo):
         loaded.store.share(entries[name])
     missed = []
     for m in checked:
@@ -269,32 +291,6 @@ def verify_all(
         noun = "model misses" if len(missed) == 1 else "models miss"
         raise VerifyError(f"{len(missed)} {noun} its constraints:", problems=tuple(missed))
     return list(dict.fromkeys(warnings))
-
-
-def _references(
-    checked: Sequence[ModelConfig],
-    entries: dict[str, Entry],
-    runtimes: Sequence[Runtime],
-    say: Progress,
-) -> None:
-    """A tfjs source has no TensorFlow reference: run its model.json once, in the stock
-    runtime of the first version the build verifies in, and keep the outputs in its entry,
-    so that each runtime runs only the bundle's files."""
-    todo = [
-        m
-        for m in checked
-        if entries[m.name].meta["verify_outputs"] == 0
-        and any(rt.id not in entries[m.name].meta["errors"] for rt in runtimes)
-    ]
-    if not todo or not runtimes:
-        return
-    version = runtimes[0].version
-    say(
-        f"running the source of {', '.join(m.name for m in todo)} in tfjs {version} (the reference)"
-    )
-    outputs = source_outputs([_check(m, entries[m.name]) for m in todo], version, say)
-    for m in todo:
-        entries[m.name] = entries[m.name].with_reference(outputs[m.name], f"tfjs {version}")
 
 
 def _check(model: ModelConfig, entry: Entry) -> Check:
@@ -319,15 +315,15 @@ def _check(model: ModelConfig, entry: Entry) -> Check:
 
 
 def _in_parallel(
-    tasks: Sequence[Callable[[], dict[str, Metrics]]], labels: Sequence[str], say: Progress
-) -> list[dict[str, Metrics]]:
-    """Run each task in a thread of its own (each waits on a Node process), at most one per
-    core; the first failure in task order is raised once all have ended."""
+    tasks: Sequence[Callable[[], Any]], labels: Sequence[str], say: Progress
+) -> list[Any]:
+    """Run each task in a thread of its own (each waits on its Node processes, which share
+    the cores); the first failure in task order is raised once all have ended."""
     for label in labels:
         say(label)
     if len(tasks) < 2:
         return [task() for task in tasks]
-    with ThreadPoolExecutor(max_workers=min(len(tasks), exports.jobs())) as pool:
+    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
         futures = [pool.submit(task) for task in tasks]
         wait(futures)
     return [future.result() for future in futures]

@@ -7,6 +7,7 @@ same runtime. The Node side lives beside this module (`verify_runner.cjs`, `veri
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -118,7 +119,23 @@ def verify(
     if not checks:
         return {}
     rt = Runtime.stock(runtime) if isinstance(runtime, str) else runtime
-    version = rt.version
+    lacking = [c for c in checks if c.reference is None]
+    references = source_outputs(lacking, rt.version, progress)
+    got = run(checks, rt, progress)
+    return judge(
+        [dataclasses.replace(c, reference=references.get(c.name, c.reference)) for c in checks],
+        rt,
+        got,
+    )
+
+
+def run(
+    checks: Sequence[Check], rt: Runtime, progress: Callable[[str], None] | None = None
+) -> list[NodeResult]:
+    """What every check's model predicts in `rt`, in check order (no comparison yet)."""
+    if rt.code is None:
+        with _INSTALLING:
+            ensure_tfjs(rt.version, log=progress)
     jobs = [
         NodeJob(
             c.name,
@@ -131,15 +148,21 @@ def verify(
         )
         for c in checks
     ]
-    references = source_outputs([c for c in checks if c.reference is None], version, progress)
-    if rt.code is None:
-        with _INSTALLING:
-            ensure_tfjs(version, log=progress)
-    results = {r.id: r for r in run_in_tfjs(jobs, version, rt.code, rt.fmt)}
+    return run_in_tfjs(jobs, rt.version, rt.code, rt.fmt)
+
+
+def judge(
+    checks: Sequence[Check], rt: Runtime, results: Sequence[NodeResult]
+) -> dict[str, Metrics]:
+    """How far each check's predictions in `rt` (`run`'s results) are from its reference.
+
+    Raises VerifyError naming each model that did not load or run, or whose rows predicted in
+    batches of one differ from one batch.
+    """
+    version = rt.version
     errors: dict[str, Metrics] = {}
     problems = []
-    for c in checks:
-        got = results[c.name]
+    for c, got in zip(checks, results, strict=True):
         if got.outputs is None:
             problems.append(_failure(c.name, got, rt, made_up=c.made_up))
             continue
@@ -149,9 +172,10 @@ def verify(
                 f"of one row give other values than in one batch (by up to {got.batch_diff:.3g})"
             )
             continue
-        reference = c.reference if c.reference is not None else references[c.name]
+        if c.reference is None:
+            raise ValueError(f"check {c.name!r} has no reference to judge against")
         try:
-            errors[c.name] = metrics(got.outputs, reference)
+            errors[c.name] = metrics(got.outputs, c.reference)
         except ValueError as err:
             problems.append(f'model "{c.name}": tfjs {version} {err}')
     if problems:
