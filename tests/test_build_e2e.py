@@ -351,3 +351,26 @@ def _stats(folder: Path) -> dict[str, tuple[int, int]]:
     """Inode and mtime of the folder and of everything in it: any rewrite changes one."""
     paths = [folder, *sorted(folder.rglob("*"))]
     return {str(p): (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in paths}
+
+
+@needs_node
+def test_a_tfjs_layers_source_runs_once_per_runtime_in_batches_of_one_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tfjs source's reference comes from stock tfjs, run as one batch beside the runtimes:
+    each runtime then runs the layers model once, in batches of one row (the other batch
+    path), not a second time."""
+    from bundler import starter
+
+    starter.write(tmp_path / "app")
+    seen: list[tuple[str, bool, bool]] = []
+    real = stage.run
+
+    def spying(checks: Any, rt: Any, say: Any = None) -> Any:
+        seen.extend((c.name, c.one_row_batches, c.other_batch) for c in checks)
+        return real(checks, rt, say)
+
+    monkeypatch.setattr(stage, "run", spying)
+    result = build.build(manifest.load(tmp_path / "app" / "bundle.toml"))
+    assert result.converted == ["starter"]
+    assert seen == [("starter", True, False), ("starter", True, False)]  # wechat, web

@@ -297,9 +297,11 @@ def _check(model: ModelConfig, entry: Entry) -> Check:
     inputs, reference = entry.verify_data()
     specs = input_specs(entry.doc)
     free = all(shape[:1] in ([None], [-1]) for _, shape, _ in specs)
-    # A reference from stock tfjs ran the rows as one batch: the bundle's runtime then runs a
-    # layers model in batches of one row only, and the two batch paths are still compared.
-    one_row = free and model.format == "layers" and "reference_from" in entry.meta
+    # A reference from stock tfjs (kept, or to be run beside this check: a tfjs source has no
+    # other) ran the rows as one batch: the bundle's runtime then runs a layers model in
+    # batches of one row only, and the two batch paths are still compared.
+    stock = "reference_from" in entry.meta or entry.meta["verify_outputs"] == 0
+    one_row = free and model.format == "layers" and stock
     return Check(
         name=model.name,
         model_json=entry.folder / MODEL_JSON,
