@@ -63,6 +63,15 @@ def build(config: Config, progress: Progress | None = None) -> Result:
 
     chosen = targets.of(config)
     store = cache.open_cache(config)
+    try:
+        return _build(config, say, chosen, store, started)
+    finally:
+        store.finish()  # what was made reaches the shared store even when the build fails
+
+
+def _build(
+    config: Config, say: Progress, chosen: tuple[Target, ...], store: cache.Cache, started: float
+) -> Result:
     loaded = stage.load(config, say, store) if targets.ships_tfjs(config) else stage.Loaded(store)
     exported = exports.load(config, chosen, say, loaded)
     requests = {t.name: r for t in chosen if (r := t.runtime_request(config)) is not None}
@@ -83,6 +92,7 @@ def build(config: Config, progress: Progress | None = None) -> Result:
     outputs = {
         t.name: t.render(config, models, installed, exported.get(t.name, {}), store) for t in chosen
     }
+    store.finish()  # published, or said why not, before the report lists the warnings
 
     tfjs = {m.name: m for m in models}
     report = Report(

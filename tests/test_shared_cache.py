@@ -351,6 +351,7 @@ def test_an_index_naming_a_path_out_of_its_folder_is_damaged(aws: str, tmp_path:
         assert store.derived("runtimes", "k1", ["runtime.js"], lambda: {"runtime.js": b"made"}) == {
             "runtime.js": b"made"
         }
+        store.finish()
         assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.read_bytes() == data]
 
 
@@ -443,3 +444,30 @@ def test_the_table_says_which_models_came_from_the_store(
     assert main(["build", "bundle.toml"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if "starter" in line]
     assert rows and rows[0][0] == "starter" and rows[0][-1] == "cached"
+
+
+def test_publishing_goes_on_in_the_background_in_order(aws: str, tmp_path: Path) -> None:
+    """An entry published twice (converted, then verified) lands in the order asked, and
+    `finish` waits for both."""
+    import json
+
+    import boto3
+
+    from bundler.models import cache, remote
+
+    store = cache.Cache(tmp_path / "cache", remote.RemoteCache(URL))
+    for version in range(5):
+        store.derived("runtimes", f"k{version}", ["a"], lambda v=version: {"a": b"%d" % v})
+    for attempt in range(3):
+        store._publish("derived/runtimes/k0", {"a": b"attempt %d" % attempt})
+    store.finish()
+    s3 = boto3.client("s3")
+    index = json.loads(
+        s3.get_object(Bucket=BUCKET, Key="bundler/derived/runtimes/k0")["Body"].read()
+    )
+    digest = index["files"]["a"]
+    blob = s3.get_object(Bucket=BUCKET, Key=f"bundler/blobs/{digest}")["Body"].read()
+    assert blob == b"attempt 2"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert len([k for k in keys if "/derived/runtimes/" in k]) == 5
+    assert store.warnings == []

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,7 @@ class Cache:
         self.unwritable: str | None = None
         self.fetched: set[str] = set()  # the entries this build took from the shared store
         self._lock = threading.Lock()
+        self._uploads: ThreadPoolExecutor | None = None  # publishing, see _publish
 
     @property
     def warnings(self) -> list[str]:
@@ -319,7 +321,17 @@ class Cache:
         return files
 
     def _publish(self, index: str, contents: Mapping[str, bytes]) -> None:
-        """Upload an entry's files, then its index."""
+        """Upload an entry's files, then its index: in the background, one entry after
+        another in the order asked (an entry published again after verification lands
+        after its first version), while the build goes on; `finish` waits for them."""
+        if not self._reachable(writing=True):
+            return
+        with self._lock:
+            if self._uploads is None:
+                self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+            self._uploads.submit(self._upload, index, dict(contents))
+
+    def _upload(self, index: str, contents: Mapping[str, bytes]) -> None:
         if not self._reachable(writing=True):
             return
         assert self.shared is not None
@@ -327,6 +339,16 @@ class Cache:
             self.shared.publish(index, contents)
         except Unavailable as err:
             self._lost(err)
+        except Exception:  # a bug of ours must not be lost in a background thread
+            log.exception("publishing %s to the shared cache failed", index)
+
+    def finish(self) -> None:
+        """Wait for what is being published to the shared store (its failures then show in
+        `warnings`)."""
+        with self._lock:
+            uploads, self._uploads = self._uploads, None
+        if uploads is not None:
+            uploads.shutdown(wait=True)
 
     def _pull(self, index: str, final: Path) -> bool:
         """Fetch the entry the store lists at `index` into the folder `final`, whole or not at
