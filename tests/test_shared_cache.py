@@ -28,27 +28,38 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    """moto_server on 127.0.0.1; yields its endpoint URL."""
-    port = _free_port()
+def _moto(port: int) -> subprocess.Popen[bytes]:
     moto = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen(
         [str(moto), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.terminate()
+    pytest.fail("moto_server did not start")
+
+
+def _aws(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """The standard AWS settings, pointing at `endpoint`, with test credentials."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """moto_server on 127.0.0.1; yields its endpoint URL."""
+    port = _free_port()
+    proc = _moto(port)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("moto_server did not start")
-        yield endpoint
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -59,10 +70,7 @@ def aws(server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """The standard AWS settings pointing at the server, and an empty bucket."""
     import boto3
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL", server)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    _aws(monkeypatch, server)
     s3 = boto3.client("s3")
     existing = [b["Name"] for b in s3.list_buckets().get("Buckets", [])]
     if BUCKET in existing:
@@ -85,6 +93,25 @@ def checkout(root: Path) -> Path:
     text = text.replace(f'name = "{root.name}"', 'name = "team-app"', 1)
     (root / "bundle.toml").write_text(text)
     return root
+
+
+def _build_at_once(roots: list[Path], *options: str) -> list[bytes]:
+    """`bundler build` of each checkout, all at once in their own processes; their stderr."""
+    bundler = Path(sys.executable).with_name("bundler")
+    procs = [
+        subprocess.Popen(
+            [str(bundler), "build", *options, str(root / "bundle.toml")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for root in roots
+    ]
+    said = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+        said.append(err)
+    return said
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -155,10 +182,7 @@ def test_a_damaged_object_is_converted_again(aws: str, tmp_path: Path) -> None:
 def test_an_unreachable_store_is_said_once_and_the_build_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    _aws(monkeypatch, f"http://127.0.0.1:{_free_port()}")
     result = build.build(manifest.load(checkout(tmp_path / "a") / "bundle.toml"))
     assert result.converted == ["starter"]
     said = [w for w in result.report.warnings if "shared cache" in w]
@@ -195,10 +219,7 @@ def test_require_cache_makes_an_unusable_store_an_error(
     from bundler.cli import main
 
     port = _free_port()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    _aws(monkeypatch, f"http://127.0.0.1:{port}")
     root = checkout(tmp_path / "a")
     monkeypatch.chdir(root)
     assert main(["build", "--require-cache", "bundle.toml"]) == 1
@@ -218,23 +239,6 @@ def test_require_cache_makes_an_unusable_store_an_error(
     )
 
 
-def _moto(port: int) -> subprocess.Popen[bytes]:
-    moto = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.terminate()
-    pytest.fail("moto_server did not start")
-
-
 @needs_node
 def test_the_server_stopped_mid_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import boto3
@@ -242,10 +246,7 @@ def test_the_server_stopped_mid_build(tmp_path: Path, monkeypatch: pytest.Monkey
     port = _free_port()
     proc = _moto(port)
     try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        _aws(monkeypatch, f"http://127.0.0.1:{port}")
         boto3.client("s3").create_bucket(Bucket=BUCKET)
 
         def stop_on_converting(line: str) -> None:
@@ -266,18 +267,7 @@ def test_two_builds_at_once_share_one_entry(aws: str, tmp_path: Path) -> None:
     import boto3
 
     roots = [checkout(tmp_path / name) for name in ("a", "b")]
-    bundler = Path(sys.executable).with_name("bundler")
-    procs = [
-        subprocess.Popen(
-            [str(bundler), "build", "--json", str(root / "bundle.toml")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for root in roots
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err.decode()
+    _build_at_once(roots, "--json")
     assert tree(roots[0] / "dist") == tree(roots[1] / "dist")
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert len([k for k in keys if "/entries/" in k]) == 1
@@ -359,10 +349,7 @@ def test_an_index_naming_a_path_out_of_its_folder_is_damaged(aws: str, tmp_path:
 def test_a_malformed_endpoint_is_said_like_an_unreachable_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "minio:9000")  # no scheme: boto3 refuses it
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    _aws(monkeypatch, "minio:9000")  # no scheme: boto3 refuses it
     result = build.build(manifest.load(checkout(tmp_path / "a") / "bundle.toml"))
     assert result.converted == ["starter"] and result.written
     said = [w for w in result.report.warnings if "shared cache" in w]
@@ -407,19 +394,8 @@ def test_two_builds_at_once_on_one_cache_folder(tmp_path: Path) -> None:
         text = (root / "bundle.toml").read_text()
         text = text.replace(f'cache_dir = "{URL}"', f'cache_dir = "{tmp_path / "cache"}"')
         (root / "bundle.toml").write_text(text)
-    bundler = Path(sys.executable).with_name("bundler")
     for _ in range(2):  # cold, then both reusing what they made
-        procs = [
-            subprocess.Popen(
-                [str(bundler), "build", str(root / "bundle.toml")],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            for root in roots
-        ]
-        for proc in procs:
-            _, err = proc.communicate(timeout=300)
-            assert proc.returncode == 0, err.decode()
+        for err in _build_at_once(roots):
             assert b"damaged" not in err, err.decode()
         assert tree(roots[0] / "dist") == tree(roots[1] / "dist")
     leftovers = [p.name for p in (tmp_path / "cache").rglob(".*")]

@@ -280,7 +280,7 @@ class Cache:
         try:
             contents = {
                 **{name: entry.read(name) for name in entry.meta["files"]},
-                ENTRY_FILE: (entry.folder / ENTRY_FILE).read_bytes(),
+                ENTRY_FILE: _json_bytes(entry.meta),
                 VERIFY_FILE: (entry.folder / VERIFY_FILE).read_bytes(),
             }
         except OSError as err:  # another build on this folder replaced it meanwhile

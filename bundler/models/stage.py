@@ -7,6 +7,7 @@ TensorFlow is imported only when a model must really be converted.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import json
@@ -249,27 +250,29 @@ def verify_all(
     sources = [
         m for m in checked if m.name in lacking and entries[m.name].meta["verify_outputs"] == 0
     ]
+    # One check per model (its verification data read once), for every runtime.
+    checks = {m.name: _check(m, entries[m.name]) for m in checked if m.name in lacking}
     tasks: list[Callable[[], Any]] = []
     labels = []
     if sources:
         version = runtimes[0].version
-        checks = [_check(m, entries[m.name]) for m in sources]
-        tasks.append(functools.partial(source_outputs, checks, version, say))
+        tasks.append(
+            functools.partial(source_outputs, [checks[m.name] for m in sources], version, say)
+        )
         names = ", ".join(m.name for m in sources)
         labels.append(f"running the source of {names} in tfjs {version} (the reference)")
     for rt, todo in jobs:
-        checks = [_check(m, entries[m.name]) for m in todo]
-        tasks.append(functools.partial(run, checks, rt, say))
+        tasks.append(functools.partial(run, [checks[m.name] for m in todo], rt, say))
         labels.append(f"verifying {', '.join(m.name for m in todo)} in {rt.label}")
     outcomes = _in_parallel(tasks, labels, say)
     if sources:
         references = outcomes.pop(0)
         for m in sources:
-            entries[m.name] = entries[m.name].with_reference(
-                references[m.name], f"tfjs {runtimes[0].version}"
-            )
+            reference = references[m.name]
+            entries[m.name] = entries[m.name].with_reference(reference, f"tfjs {version}")
+            checks[m.name] = dataclasses.replace(checks[m.name], reference=reference)
     for (rt, todo), results in zip(jobs, outcomes, strict=True):
-        errors = judge([_check(m, entries[m.name]) for m in todo], rt, results)
+        errors = judge([checks[m.name] for m in todo], rt, results)
         for m in todo:
             entries[m.name] = entries[m.name].with_errors({rt.id: errors[m.name].to_json()})
     # The results travel with the entry to other machines.

@@ -186,13 +186,14 @@ def run_in_tfjs(
     ids = [job.id for job in jobs]
     if len(set(ids)) != len(ids):
         raise ValueError(f"job ids must be unique, got {ids}")
-    if shutil.which("node") is None:
+    node = shutil.which("node")
+    if node is None:
         raise ToolError(NO_NODE)
     plan = _plan(jobs, exports.jobs())
 
     def run(part: list[tuple[NodeJob, int]]) -> list[NodeResult]:
         with _slots():
-            return _run_process([job for job, _ in part], tfjs_version, runtime_code, fmt)
+            return _run_process(node, [job for job, _ in part], tfjs_version, runtime_code, fmt)
 
     if len(plan) == 1:
         done = [run(plan[0])]
@@ -268,13 +269,10 @@ def _slots() -> Iterator[None]:
 
 
 def _run_process(
-    jobs: Sequence[NodeJob], tfjs_version: str, runtime_code: bytes | None, fmt: str
+    node: str, jobs: Sequence[NodeJob], tfjs_version: str, runtime_code: bytes | None, fmt: str
 ) -> list[NodeResult]:
-    """Run the jobs in one Node process."""
+    """Run the jobs in one Node process (`node`: its path)."""
     ids = [job.id for job in jobs]
-    node = shutil.which("node")
-    if node is None:
-        raise ToolError(NO_NODE)
     with tempfile.TemporaryDirectory(prefix="bundler-verify-") as tmp:
         work = Path(tmp)
         if runtime_code is None:

@@ -11,6 +11,7 @@ The Node side (`build_runtime.cjs`) runs tfjs's custom module tool (`tools/custo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
@@ -237,14 +238,10 @@ def for_models(
     The npm packages are installed only to make one of them: a build that finds both (a
     second machine of the team) needs neither npm nor Node."""
     npm = tools(request.version)
-    found: list[Path] = []
 
+    @functools.cache
     def packages() -> Path:
-        if not found:
-            found.append(
-                ensure_packages(npm.folder, dict(npm.packages), purpose=npm.purpose, log=say)
-            )
-        return found[0]
+        return ensure_packages(npm.folder, dict(npm.packages), purpose=npm.purpose, log=say)
 
     def made() -> dict[str, bytes]:
         return {SPEC_FILE: json.dumps(spec(request, models, packages()).to_json()).encode()}
